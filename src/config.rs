@@ -1,0 +1,339 @@
+//! Configuration: one typed `Config`, layered defaults → TOML file → `HEIMDALL__…` environment
+//! → command-line flags. Unknown keys and bad values stop the start with the key named.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::db::Backend;
+use crate::domain::ResetDuration;
+
+/// Everything Heimdall can be configured with. Every key is documented in
+/// `config.example.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the HTTP server binds.
+    pub listen: SocketAddr,
+    /// `sqlite://FILE` or `postgres://…`; the scheme picks the backend.
+    #[serde(deserialize_with = "database_url")]
+    pub database_url: String,
+    /// Worker tick: window resets and the usage flush.
+    #[serde(deserialize_with = "duration")]
+    pub flush_interval: Duration,
+    /// When `/v1/usage` answers: at once (`buffered`) or after the flush committed (`durable`).
+    pub ack: AckMode,
+    /// How long an idempotency key is remembered.
+    #[serde(deserialize_with = "duration")]
+    pub dedup_window: Duration,
+    /// Refuse checks that carry neither a known virtual key nor a user id.
+    pub require_virtual_key: bool,
+    /// Headers every check must carry (case-insensitive).
+    #[serde(deserialize_with = "string_list")]
+    pub required_headers: Vec<String>,
+    /// Largest accepted request body, in bytes (admin and single usage requests).
+    pub max_body_bytes: usize,
+    /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive);
+    /// `RUST_LOG` wins when set.
+    pub log_level: String,
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    Buffered,
+    Durable,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Bearer tokens for the admin API (they also work on the gateway API).
+    #[serde(deserialize_with = "secret_list")]
+    pub admin_tokens: Vec<Secret>,
+    /// Bearer tokens for the gateway API only.
+    #[serde(deserialize_with = "secret_list")]
+    pub gateway_tokens: Vec<Secret>,
+}
+
+impl AuthConfig {
+    /// No token at all: the service runs open (loopback only).
+    pub fn is_open(&self) -> bool {
+        self.admin_tokens.is_empty() && self.gateway_tokens.is_empty()
+    }
+}
+
+/// A string that never appears in logs or `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: "sqlite://heimdall.db".to_owned(),
+            flush_interval: Duration::from_secs(1),
+            ack: AckMode::Buffered,
+            dedup_window: Duration::from_secs(24 * 3600),
+            require_virtual_key: false,
+            required_headers: Vec::new(),
+            max_body_bytes: 1024 * 1024,
+            log_level: "info".to_owned(),
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+/// Values given on the command line; they win over everything else.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+const ENV_PREFIX: &str = "HEIMDALL__";
+
+impl Config {
+    /// Loads the layers: defaults, then the file (when given), then `HEIMDALL__…` variables
+    /// from `env`, then `overrides`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
+                    path: path.display().to_string(),
+                    message: e.to_string().trim().to_owned(),
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        let mut env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        env.sort();
+        for (name, value) in env {
+            let path: Vec<String> = name[ENV_PREFIX.len()..]
+                .split("__")
+                .map(str::to_lowercase)
+                .collect();
+            set_path(&mut table, &path, env_value(&value))
+                .map_err(|m| ConfigError::Invalid(format!("{name}: {m}")))?;
+        }
+        if let Some(listen) = &overrides.listen {
+            table.insert("listen".into(), toml::Value::String(listen.clone()));
+        }
+        if let Some(url) = &overrides.database_url {
+            table.insert("database_url".into(), toml::Value::String(url.clone()));
+        }
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.inner().to_string();
+            ConfigError::Invalid(if path == "." {
+                message
+            } else {
+                format!("{path}: {message}")
+            })
+        })
+    }
+}
+
+/// Environment values are TOML scalars or arrays when they parse as such, strings otherwise.
+fn env_value(raw: &str) -> toml::Value {
+    match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => match t.remove("v") {
+            Some(v @ (toml::Value::Boolean(_)
+            | toml::Value::Integer(_)
+            | toml::Value::Float(_)
+            | toml::Value::Array(_)
+            | toml::Value::String(_))) => v,
+            _ => toml::Value::String(raw.to_owned()),
+        },
+        Err(_) => toml::Value::String(raw.to_owned()),
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    match path {
+        [] => Err("empty key".to_owned()),
+        [key] if !key.is_empty() => {
+            table.insert(key.clone(), value);
+            Ok(())
+        }
+        [section, rest @ ..] if !section.is_empty() => {
+            let entry = table
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(t) => set_path(t, rest, value),
+                _ => Err(format!("'{section}' is not a section")),
+            }
+        }
+        _ => Err("empty key segment".to_owned()),
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    let parsed = ResetDuration::parse(&text).map_err(serde::de::Error::custom)?;
+    Ok(Duration::from_micros(parsed.micros() as u64))
+}
+
+fn database_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let url = String::deserialize(d)?;
+    Backend::from_url(&url).map_err(serde::de::Error::custom)?;
+    Ok(url)
+}
+
+/// A list given as an array, or as one comma-separated string (handy in the environment).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ListOrString {
+    List(Vec<String>),
+    One(String),
+}
+
+fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(match ListOrString::deserialize(d)? {
+        ListOrString::List(v) => v,
+        ListOrString::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
+fn secret_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Secret>, D::Error> {
+    let list = string_list(d)?;
+    if list.iter().any(|t| t.trim().is_empty()) {
+        return Err(serde::de::Error::custom("tokens must not be empty"));
+    }
+    Ok(list.into_iter().map(Secret).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn config_example_parses_and_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+        let config = Config::load(Some(&path), [], &Overrides::default()).unwrap();
+        let defaults = Config::default();
+        assert_eq!(config.listen, defaults.listen);
+        assert_eq!(config.database_url, defaults.database_url);
+        assert_eq!(config.flush_interval, defaults.flush_interval);
+        assert_eq!(config.ack, defaults.ack);
+        assert_eq!(config.dedup_window, defaults.dedup_window);
+        assert_eq!(config.max_body_bytes, defaults.max_body_bytes);
+        assert!(config.auth.is_open());
+    }
+
+    #[test]
+    fn environment_overrides_file_and_flags_override_environment() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("HEIMDALL__LISTEN", "0.0.0.0:9000"),
+                ("HEIMDALL__DATABASE_URL", "postgres://db/x"),
+                ("HEIMDALL__REQUIRE_VIRTUAL_KEY", "true"),
+                ("HEIMDALL__AUTH__ADMIN_TOKENS", "a1,a2"),
+                ("HEIMDALL__AUTH__GATEWAY_TOKENS", r#"["g1"]"#),
+                ("HEIMDALL_CONFIG", "ignored.toml"),
+                ("PATH", "/bin"),
+            ]),
+            &Overrides {
+                listen: Some("127.0.0.1:7000".into()),
+                database_url: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(config.listen.port(), 7000);
+        assert_eq!(config.database_url, "postgres://db/x");
+        assert!(config.require_virtual_key);
+        assert_eq!(config.auth.admin_tokens, vec![Secret::new("a1"), Secret::new("a2")]);
+        assert_eq!(config.auth.gateway_tokens, vec![Secret::new("g1")]);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let err = Config::load(None, env(&[("HEIMDALL__LISTEN_ADDR", "x")]), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listen_addr"), "{err}");
+        let err = Config::load(None, env(&[("HEIMDALL__AUTH__TOKENS", "x")]), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("auth") && err.contains("tokens"), "{err}");
+        let err = Config::load(None, env(&[("HEIMDALL__FLUSH_INTERVAL", "1q")]), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("flush_interval") && err.contains("1q"), "{err}");
+        let err = Config::load(
+            None,
+            [],
+            &Overrides {
+                listen: None,
+                database_url: Some("mysql://x".into()),
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("database_url") && err.contains("mysql"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let auth = AuthConfig {
+            admin_tokens: vec![Secret::new("super-secret")],
+            gateway_tokens: vec![],
+        };
+        assert!(!format!("{auth:?}").contains("super-secret"));
+    }
+}

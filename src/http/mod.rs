@@ -1,0 +1,111 @@
+//! The HTTP surface: each resource module exposes its routes with their OpenAPI description;
+//! this module composes them and adds the layers (tracing, body limit, auth, fallbacks).
+
+pub mod budgets;
+pub mod customers;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod limits;
+pub mod model_configs;
+pub mod page;
+pub mod providers;
+pub mod teams;
+pub mod users;
+pub mod virtual_keys;
+
+use axum::extract::DefaultBodyLimit;
+use axum::Router;
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::state::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Heimdall",
+        description = "Governance for LLM API gateways: budgets, rate limits and usage accounting \
+                       for customers, teams, virtual keys, users, providers and models.",
+        license(name = "Apache-2.0")
+    ),
+    components(schemas(error::ErrorBody, error::ErrorDetail)),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags(
+        (name = "governance", description = "Admin API (Bifrost-compatible)"),
+        (name = "operations", description = "Health, readiness, API description")
+    )
+)]
+struct ApiDoc;
+
+/// Declares the bearer-token scheme every non-public route uses.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(health::router())
+        .merge(customers::router())
+        .merge(teams::router())
+        .merge(virtual_keys::router())
+        .merge(budgets::router())
+        .merge(providers::router())
+        .merge(model_configs::router())
+        .merge(users::router())
+}
+
+/// The OpenAPI document, as served at `/openapi.json` and printed by `heimdall openapi`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_router().split_for_parts().1
+}
+
+/// The whole application router.
+pub fn router(state: AppState) -> Router {
+    let (api, doc) = api_router().split_for_parts();
+    let max_body = state.config.max_body_bytes;
+    api.merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
+        .fallback(error::not_found_fallback)
+        .method_not_allowed_fallback(error::method_not_allowed_fallback)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::require_token,
+        ))
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Validates a required text field: non-blank and at most 256 bytes.
+pub fn text_field(field: &str, value: &str) -> Result<String, error::ApiError> {
+    if value.trim().is_empty() {
+        return Err(error::ApiError::InvalidRequest(format!("{field}: must not be empty")));
+    }
+    if value.len() > 256 {
+        return Err(error::ApiError::InvalidRequest(format!("{field}: must be at most 256 bytes")));
+    }
+    Ok(value.to_owned())
+}
+
+/// Parses an id from a path; anything that is not a UUID names no entity.
+pub fn path_id(what: &str, raw: &str) -> Result<uuid::Uuid, error::ApiError> {
+    uuid::Uuid::parse_str(raw).map_err(|_| error::ApiError::not_found(what, raw))
+}
+
+/// The body of a successful delete.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Message {
+    pub message: String,
+}

@@ -1,0 +1,258 @@
+//! `/api/governance/model-configs`: budgets and rate limits of a model, on one provider or on
+//! every provider.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::error::{ApiError, ErrorBody};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::limits::{patch_limits, BudgetBody, LimitsView, RateLimitBody};
+use super::page::PageQuery;
+use super::{path_id, text_field, Message};
+use crate::db::{self, LimitChanges};
+use crate::domain::time::{now_micros, serialize_rfc3339};
+use crate::domain::{Micros, Patch};
+use crate::engine::{Limits, ModelConfig, Snapshot};
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_model_configs, create_model_config))
+        .routes(routes!(get_model_config, update_model_config, delete_model_config))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateModelConfig {
+    pub model_name: String,
+    /// The provider this config applies to; every provider when absent.
+    pub provider: Option<String>,
+    pub budget: Option<BudgetBody>,
+    pub rate_limit: Option<RateLimitBody>,
+}
+
+/// Absent fields stay as they are; `"provider": null` makes the config apply to every
+/// provider; `null` (or `{}`) removes a budget or rate limit.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateModelConfig {
+    pub model_name: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub provider: Patch<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<BudgetBody>)]
+    pub budget: Patch<BudgetBody>,
+    #[serde(default)]
+    #[schema(value_type = Option<RateLimitBody>)]
+    pub rate_limit: Patch<RateLimitBody>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelConfigView {
+    pub id: Uuid,
+    pub model_name: String,
+    pub provider: Option<String>,
+    #[serde(flatten)]
+    pub limits: LimitsView,
+    #[serde(serialize_with = "serialize_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Micros,
+    #[serde(serialize_with = "serialize_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: Micros,
+}
+
+impl ModelConfigView {
+    fn new(m: &ModelConfig, now: Micros) -> Self {
+        ModelConfigView {
+            id: m.id,
+            model_name: m.model_name.clone(),
+            provider: m.provider.clone(),
+            limits: LimitsView::new(&m.limits, now),
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelConfigList {
+    pub model_configs: Vec<ModelConfigView>,
+    pub count: usize,
+    pub total_count: usize,
+    pub limit: Option<usize>,
+    pub offset: usize,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelConfigResponse {
+    pub model_config: ModelConfigView,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelConfigMessage {
+    pub message: String,
+    pub model_config: ModelConfigView,
+}
+
+fn check_unique(s: &Snapshot, model: &str, provider: Option<&str>, except: Option<Uuid>) -> Result<(), ApiError> {
+    match s.model_config_for(model, provider) {
+        Some(existing) if Some(existing.id) != except => Err(ApiError::Conflict(format!(
+            "a model config for '{model}' on {} already exists",
+            provider.map_or("every provider".to_owned(), |p| format!("provider '{p}'"))
+        ))),
+        _ => Ok(()),
+    }
+}
+
+async fn save(state: &AppState, config: ModelConfig, changes: LimitChanges) -> Result<ModelConfigView, ApiError> {
+    let mut tx = state.db.begin().await?;
+    changes.write_upserts(&mut tx).await?;
+    db::upsert_model_config(&mut tx, &config).await?;
+    changes.write_deletes(&mut tx).await?;
+    tx.commit().await?;
+    changes.publish();
+    let view = ModelConfigView::new(&config, config.updated_at);
+    state.store.update(|s| s.model_configs.insert(config.id, Arc::new(config)));
+    Ok(view)
+}
+
+/// List model configs (`search` matches the model name).
+#[utoipa::path(get, path = "/api/governance/model-configs", tag = "governance",
+    params(PageQuery),
+    responses((status = 200, body = ModelConfigList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn list_model_configs(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<ApiJson<ModelConfigList>, ApiError> {
+    let s = state.store.snapshot();
+    let now = now_micros();
+    let mut all: Vec<_> = s.model_configs.values().filter(|m| q.matches(&m.model_name)).collect();
+    all.sort_by_key(|m| (m.created_at, m.id));
+    let page = q.page(all)?;
+    let model_configs: Vec<_> = page.items.iter().map(|m| ModelConfigView::new(m, now)).collect();
+    Ok(ApiJson(ModelConfigList {
+        count: model_configs.len(),
+        model_configs,
+        total_count: page.total_count,
+        limit: page.limit,
+        offset: page.offset,
+    }))
+}
+
+/// Create a model config; one per (model_name, provider).
+#[utoipa::path(post, path = "/api/governance/model-configs", tag = "governance",
+    request_body = CreateModelConfig,
+    responses((status = 200, body = ModelConfigMessage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create_model_config(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CreateModelConfig>,
+) -> Result<ApiJson<ModelConfigMessage>, ApiError> {
+    let model_name = text_field("model_name", &body.model_name)?;
+    let provider = body.provider.as_deref().map(|p| text_field("provider", p)).transpose()?;
+    let now = now_micros();
+    let mut changes = LimitChanges::default();
+    let limits = patch_limits(&Limits::default(), body.budget.into(), body.rate_limit.into(), "", now, &mut changes)?;
+    let _w = state.admin_writes.lock().await;
+    check_unique(&state.store.snapshot(), &model_name, provider.as_deref(), None)?;
+    let config = ModelConfig {
+        id: Uuid::new_v4(),
+        model_name,
+        provider,
+        limits,
+        created_at: now,
+        updated_at: now,
+    };
+    Ok(ApiJson(ModelConfigMessage {
+        message: "Model config created successfully".to_owned(),
+        model_config: save(&state, config, changes).await?,
+    }))
+}
+
+/// Get a model config.
+#[utoipa::path(get, path = "/api/governance/model-configs/{id}", tag = "governance",
+    params(("id" = String, Path, description = "Model config id")),
+    responses((status = 200, body = ModelConfigResponse), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn get_model_config(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<ApiJson<ModelConfigResponse>, ApiError> {
+    let s = state.store.snapshot();
+    let m = s
+        .model_configs
+        .get(&path_id("model config", &id)?)
+        .ok_or_else(|| ApiError::not_found("model config", &id))?;
+    Ok(ApiJson(ModelConfigResponse {
+        model_config: ModelConfigView::new(m, now_micros()),
+    }))
+}
+
+/// Update a model config. Absent fields stay; changed limits keep their usage.
+#[utoipa::path(put, path = "/api/governance/model-configs/{id}", tag = "governance",
+    params(("id" = String, Path, description = "Model config id")),
+    request_body = UpdateModelConfig,
+    responses((status = 200, body = ModelConfigMessage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn update_model_config(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<UpdateModelConfig>,
+) -> Result<ApiJson<ModelConfigMessage>, ApiError> {
+    let key = path_id("model config", &id)?;
+    let _w = state.admin_writes.lock().await;
+    let s = state.store.snapshot();
+    let old = s.model_configs.get(&key).ok_or_else(|| ApiError::not_found("model config", &id))?;
+    let model_name = match &body.model_name {
+        Some(n) => text_field("model_name", n)?,
+        None => old.model_name.clone(),
+    };
+    let provider = match body.provider {
+        Patch::Absent => old.provider.clone(),
+        Patch::Null => None,
+        Patch::Value(p) => Some(text_field("provider", &p)?),
+    };
+    check_unique(&s, &model_name, provider.as_deref(), Some(old.id))?;
+    let now = now_micros();
+    let mut changes = LimitChanges::default();
+    let limits = patch_limits(&old.limits, body.budget, body.rate_limit, "", now, &mut changes)?;
+    let config = ModelConfig {
+        id: old.id,
+        model_name,
+        provider,
+        limits,
+        created_at: old.created_at,
+        updated_at: now,
+    };
+    Ok(ApiJson(ModelConfigMessage {
+        message: "Model config updated successfully".to_owned(),
+        model_config: save(&state, config, changes).await?,
+    }))
+}
+
+/// Delete a model config with its budget and rate limit.
+#[utoipa::path(delete, path = "/api/governance/model-configs/{id}", tag = "governance",
+    params(("id" = String, Path, description = "Model config id")),
+    responses((status = 200, body = Message), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn delete_model_config(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<ApiJson<Message>, ApiError> {
+    let key = path_id("model config", &id)?;
+    let _w = state.admin_writes.lock().await;
+    let s = state.store.snapshot();
+    let old = s.model_configs.get(&key).ok_or_else(|| ApiError::not_found("model config", &id))?;
+    let mut changes = LimitChanges::default();
+    changes.remove_all(&old.limits);
+    let mut tx = state.db.begin().await?;
+    db::delete_model_config(&mut tx, key).await?;
+    changes.write_deletes(&mut tx).await?;
+    tx.commit().await?;
+    state.store.update(|s| s.model_configs.remove(&key));
+    Ok(ApiJson(Message {
+        message: "Model config deleted successfully".to_owned(),
+    }))
+}

@@ -1,0 +1,16 @@
+//! Heimdall: a governance service for LLM API gateways. Budgets and rate limits for customers,
+//! teams, virtual keys, users, providers and models, checked and charged in memory, persisted
+//! to SQLite or PostgreSQL.
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod engine;
+pub mod http;
+pub mod state;
+
+pub use app::App;
+pub use config::Config;
