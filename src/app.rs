@@ -58,12 +58,13 @@ impl App {
             virtual_keys = snapshot.virtual_keys.len(),
             "state loaded"
         );
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         let state = AppState {
             store: Arc::new(Store::new(snapshot)),
             db,
@@ -82,7 +83,10 @@ impl App {
 
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish
     /// and closes the database pool.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let router = crate::http::router(self.state.clone());
         tracing::info!(listen = %self.local_addr(), "heimdall serving");
         axum::serve(self.listener, router)

@@ -50,8 +50,16 @@ enum Caller {
 impl Auth {
     pub fn new(config: &AuthConfig) -> Self {
         Auth {
-            admin: config.admin_tokens.iter().map(|t| digest(t.expose())).collect(),
-            gateway: config.gateway_tokens.iter().map(|t| digest(t.expose())).collect(),
+            admin: config
+                .admin_tokens
+                .iter()
+                .map(|t| digest(t.expose()))
+                .collect(),
+            gateway: config
+                .gateway_tokens
+                .iter()
+                .map(|t| digest(t.expose()))
+                .collect(),
         }
     }
 
@@ -63,8 +71,14 @@ impl Auth {
     fn caller(&self, token: &str) -> Caller {
         let presented = digest(token);
         // Visit every token whatever matches, so timing does not tell which one did.
-        let admin = self.admin.iter().fold(false, |hit, t| hit | ct_eq(t, &presented));
-        let gateway = self.gateway.iter().fold(false, |hit, t| hit | ct_eq(t, &presented));
+        let admin = self
+            .admin
+            .iter()
+            .fold(false, |hit, t| hit | ct_eq(t, &presented));
+        let gateway = self
+            .gateway
+            .iter()
+            .fold(false, |hit, t| hit | ct_eq(t, &presented));
         if admin {
             Caller::Admin
         } else if gateway {
@@ -80,7 +94,10 @@ impl Auth {
             return Ok(());
         }
         let token = header
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::Unauthorized("missing bearer token".to_owned()))?;
@@ -106,7 +123,10 @@ fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 /// The middleware that applies `Auth` to every request.
 pub async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let access = Access::of_path(req.uri().path());
-    let header = req.headers().get(AUTHORIZATION).and_then(|h| h.to_str().ok());
+    let header = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|h| h.to_str().ok());
     match state.auth.authorize(access, header) {
         Ok(()) => next.run(req).await,
         Err(e) => e.into_response(),
@@ -129,10 +149,22 @@ mod tests {
     fn admin_routes_need_an_admin_token() {
         let a = auth();
         assert!(a.authorize(Access::Admin, Some("Bearer admin-1")).is_ok());
-        assert!(matches!(a.authorize(Access::Admin, Some("Bearer gw-1")), Err(ApiError::Forbidden(_))));
-        assert!(matches!(a.authorize(Access::Admin, Some("Bearer nope")), Err(ApiError::Unauthorized(_))));
-        assert!(matches!(a.authorize(Access::Admin, None), Err(ApiError::Unauthorized(_))));
-        assert!(matches!(a.authorize(Access::Admin, Some("admin-1")), Err(ApiError::Unauthorized(_))));
+        assert!(matches!(
+            a.authorize(Access::Admin, Some("Bearer gw-1")),
+            Err(ApiError::Forbidden(_))
+        ));
+        assert!(matches!(
+            a.authorize(Access::Admin, Some("Bearer nope")),
+            Err(ApiError::Unauthorized(_))
+        ));
+        assert!(matches!(
+            a.authorize(Access::Admin, None),
+            Err(ApiError::Unauthorized(_))
+        ));
+        assert!(matches!(
+            a.authorize(Access::Admin, Some("admin-1")),
+            Err(ApiError::Unauthorized(_))
+        ));
     }
 
     #[test]

@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::Overrides;
 
 #[derive(Debug, Parser)]
-#[command(name = "heimdall", version, about = "Governance service for LLM API gateways")]
+#[command(
+    name = "heimdall",
+    version,
+    about = "Governance service for LLM API gateways"
+)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
@@ -92,9 +96,17 @@ mod tests {
             Some(Command::Serve(args)) => assert_eq!(args.listen.as_deref(), Some("127.0.0.1:0")),
             other => panic!("expected serve, got {other:?}"),
         }
-        let cli = Cli::try_parse_from(["heimdall", "migrate", "--database-url", "sqlite://x.db"]).unwrap();
-        assert!(matches!(cli.command, Some(Command::Migrate(a)) if a.database_url.as_deref() == Some("sqlite://x.db")));
-        assert!(matches!(Cli::try_parse_from(["heimdall", "openapi"]).unwrap().command, Some(Command::Openapi)));
+        let cli = Cli::try_parse_from(["heimdall", "migrate", "--database-url", "sqlite://x.db"])
+            .unwrap();
+        assert!(
+            matches!(cli.command, Some(Command::Migrate(a)) if a.database_url.as_deref() == Some("sqlite://x.db"))
+        );
+        assert!(matches!(
+            Cli::try_parse_from(["heimdall", "openapi"])
+                .unwrap()
+                .command,
+            Some(Command::Openapi)
+        ));
         assert!(Cli::try_parse_from(["heimdall", "migrate", "--listen", "x"]).is_err());
     }
 }

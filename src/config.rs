@@ -140,10 +140,11 @@ impl Config {
                     path: path.display().to_string(),
                     source,
                 })?;
-                text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
-                    path: path.display().to_string(),
-                    message: e.to_string().trim().to_owned(),
-                })?
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse {
+                        path: path.display().to_string(),
+                        message: e.to_string().trim().to_owned(),
+                    })?
             }
             None => toml::Table::new(),
         };
@@ -182,11 +183,13 @@ impl Config {
 fn env_value(raw: &str) -> toml::Value {
     match format!("v = {raw}").parse::<toml::Table>() {
         Ok(mut t) => match t.remove("v") {
-            Some(v @ (toml::Value::Boolean(_)
-            | toml::Value::Integer(_)
-            | toml::Value::Float(_)
-            | toml::Value::Array(_)
-            | toml::Value::String(_))) => v,
+            Some(
+                v @ (toml::Value::Boolean(_)
+                | toml::Value::Integer(_)
+                | toml::Value::Float(_)
+                | toml::Value::Array(_)
+                | toml::Value::String(_)),
+            ) => v,
             _ => toml::Value::String(raw.to_owned()),
         },
         Err(_) => toml::Value::String(raw.to_owned()),
@@ -258,7 +261,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -297,24 +303,42 @@ mod tests {
         assert_eq!(config.listen.port(), 7000);
         assert_eq!(config.database_url, "postgres://db/x");
         assert!(config.require_virtual_key);
-        assert_eq!(config.auth.admin_tokens, vec![Secret::new("a1"), Secret::new("a2")]);
+        assert_eq!(
+            config.auth.admin_tokens,
+            vec![Secret::new("a1"), Secret::new("a2")]
+        );
         assert_eq!(config.auth.gateway_tokens, vec![Secret::new("g1")]);
     }
 
     #[test]
     fn unknown_keys_and_bad_values_are_named() {
-        let err = Config::load(None, env(&[("HEIMDALL__LISTEN_ADDR", "x")]), &Overrides::default())
-            .unwrap_err()
-            .to_string();
+        let err = Config::load(
+            None,
+            env(&[("HEIMDALL__LISTEN_ADDR", "x")]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("listen_addr"), "{err}");
-        let err = Config::load(None, env(&[("HEIMDALL__AUTH__TOKENS", "x")]), &Overrides::default())
-            .unwrap_err()
-            .to_string();
+        let err = Config::load(
+            None,
+            env(&[("HEIMDALL__AUTH__TOKENS", "x")]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("auth") && err.contains("tokens"), "{err}");
-        let err = Config::load(None, env(&[("HEIMDALL__FLUSH_INTERVAL", "1q")]), &Overrides::default())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("flush_interval") && err.contains("1q"), "{err}");
+        let err = Config::load(
+            None,
+            env(&[("HEIMDALL__FLUSH_INTERVAL", "1q")]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("flush_interval") && err.contains("1q"),
+            "{err}"
+        );
         let err = Config::load(
             None,
             [],
@@ -325,7 +349,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("database_url") && err.contains("mysql"), "{err}");
+        assert!(
+            err.contains("database_url") && err.contains("mysql"),
+            "{err}"
+        );
     }
 
     #[test]

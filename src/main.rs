@@ -13,7 +13,10 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("heimdall: cannot start the runtime: {e}");
@@ -35,7 +38,9 @@ fn main() -> ExitCode {
             Some(Command::Migrate(args)) => {
                 let config = load(args.config.as_deref(), &args.overrides())?;
                 init_logs(&config);
-                let db = Db::connect(&config.database_url).await.map_err(|e| e.to_string())?;
+                let db = Db::connect(&config.database_url)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 db.migrate().await.map_err(|e| e.to_string())?;
                 tracing::info!("migrations applied");
                 Ok(())

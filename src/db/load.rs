@@ -75,8 +75,14 @@ fn rate_limit(row: &AnyRow) -> Result<RateLimit, DbError> {
     Ok(RateLimit::new(
         parse_uuid(T, &row.try_get::<String, _>("id")?)?,
         spec,
-        (row.try_get("token_current_usage")?, row.try_get("token_last_reset")?),
-        (row.try_get("request_current_usage")?, row.try_get("request_last_reset")?),
+        (
+            row.try_get("token_current_usage")?,
+            row.try_get("token_last_reset")?,
+        ),
+        (
+            row.try_get("request_current_usage")?,
+            row.try_get("request_last_reset")?,
+        ),
         row.try_get("created_at")?,
         row.try_get("updated_at")?,
     ))
@@ -125,7 +131,12 @@ pub async fn load_snapshot(c: &mut Conn) -> Result<Snapshot, DbError> {
         s.teams.insert(x.id, Arc::new(x));
     }
     let mut pcs: HashMap<Uuid, Vec<Arc<ProviderConfig>>> = HashMap::new();
-    for row in rows(c, "select * from provider_configs order by virtual_key_id, position").await? {
+    for row in rows(
+        c,
+        "select * from provider_configs order by virtual_key_id, position",
+    )
+    .await?
+    {
         const T: &str = "provider_configs";
         let vk = parse_uuid(T, &row.try_get::<String, _>("virtual_key_id")?)?;
         let pc = ProviderConfig {

@@ -7,7 +7,10 @@ use uuid::Uuid;
 use super::rows::{hash_hex, list_json, opt_uuid_text, uuid_text};
 use super::{Conn, DbError};
 use crate::domain::Micros;
-use crate::engine::{Budget, Customer, Limits, ModelConfig, Provider, ProviderConfig, RateLimit, Team, User, VirtualKey};
+use crate::engine::{
+    Budget, Customer, Limits, ModelConfig, Provider, ProviderConfig, RateLimit, Team, User,
+    VirtualKey,
+};
 
 /// The budget and rate-limit rows one admin change creates, changes or removes.
 #[derive(Debug, Default)]
@@ -144,11 +147,23 @@ async fn insert_rate_limit(c: &mut Conn, r: &RateLimit) -> Result<(), DbError> {
     )
     .bind(uuid_text(r.id))
     .bind(r.spec.tokens.max)
-    .bind(r.spec.tokens.duration.as_ref().map(|d| d.as_str().to_owned()))
+    .bind(
+        r.spec
+            .tokens
+            .duration
+            .as_ref()
+            .map(|d| d.as_str().to_owned()),
+    )
     .bind(tokens.0)
     .bind(tokens.1)
     .bind(r.spec.requests.max)
-    .bind(r.spec.requests.duration.as_ref().map(|d| d.as_str().to_owned()))
+    .bind(
+        r.spec
+            .requests
+            .duration
+            .as_ref()
+            .map(|d| d.as_str().to_owned()),
+    )
     .bind(requests.0)
     .bind(requests.1)
     .bind(r.created_at)
@@ -165,9 +180,21 @@ async fn update_rate_limit(c: &mut Conn, r: &RateLimit) -> Result<(), DbError> {
     )
     .bind(uuid_text(r.id))
     .bind(r.spec.tokens.max)
-    .bind(r.spec.tokens.duration.as_ref().map(|d| d.as_str().to_owned()))
+    .bind(
+        r.spec
+            .tokens
+            .duration
+            .as_ref()
+            .map(|d| d.as_str().to_owned()),
+    )
     .bind(r.spec.requests.max)
-    .bind(r.spec.requests.duration.as_ref().map(|d| d.as_str().to_owned()))
+    .bind(
+        r.spec
+            .requests
+            .duration
+            .as_ref()
+            .map(|d| d.as_str().to_owned()),
+    )
     .bind(r.updated_at)
     .execute(c)
     .await?;

@@ -192,8 +192,13 @@ mod tests {
     fn rejects_bad_durations_naming_the_value() {
         let err = ResetDuration::parse("1q").unwrap_err();
         assert_eq!(err.to_string(), "unknown unit 'q' in '1q'");
-        for bad in ["", "0", "0s", "1", "h", "-1h", "1D", "1 h", "1h-", "1e3s", "1..2s"] {
-            assert!(ResetDuration::parse(bad).is_err(), "{bad:?} must be rejected");
+        for bad in [
+            "", "0", "0s", "1", "h", "-1h", "1D", "1 h", "1h-", "1e3s", "1..2s",
+        ] {
+            assert!(
+                ResetDuration::parse(bad).is_err(),
+                "{bad:?} must be rejected"
+            );
         }
         assert!(ResetDuration::parse("0")
             .unwrap_err()

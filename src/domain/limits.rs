@@ -91,9 +91,7 @@ impl BudgetSpec {
         let duration = ResetDuration::parse(reset_duration)
             .map_err(|e| LimitError::new("reset_duration", e.to_string()))?;
         let timezone = match timezone {
-            Some(name) => {
-                TimeZoneName::parse(name).map_err(|m| LimitError::new("timezone", m))?
-            }
+            Some(name) => TimeZoneName::parse(name).map_err(|m| LimitError::new("timezone", m))?,
             None => TimeZoneName::utc(),
         };
         let spec = BudgetSpec {
@@ -126,7 +124,8 @@ impl BudgetSpec {
             next.calendar_aligned = aligned;
         }
         if let Some(name) = timezone {
-            next.timezone = TimeZoneName::parse(name).map_err(|m| LimitError::new("timezone", m))?;
+            next.timezone =
+                TimeZoneName::parse(name).map_err(|m| LimitError::new("timezone", m))?;
         }
         next.check_alignment()?;
         Ok(next)
@@ -178,7 +177,9 @@ impl DimensionSpec {
             }
         }
         let duration = duration
-            .map(|d| ResetDuration::parse(d).map_err(|e| LimitError::new(duration_field, e.to_string())))
+            .map(|d| {
+                ResetDuration::parse(d).map_err(|e| LimitError::new(duration_field, e.to_string()))
+            })
             .transpose()?;
         if max.is_some() && duration.is_none() {
             return Err(LimitError::new(
@@ -256,7 +257,10 @@ mod tests {
         assert!(BudgetSpec::new(10.0, "1M", false, None).is_ok());
         let err = BudgetSpec::new(0.0, "1M", false, None).unwrap_err();
         assert_eq!(err.field, "max_limit");
-        assert_eq!(BudgetSpec::new(-1.0, "1M", false, None).unwrap_err().field, "max_limit");
+        assert_eq!(
+            BudgetSpec::new(-1.0, "1M", false, None).unwrap_err().field,
+            "max_limit"
+        );
         let err = BudgetSpec::new(10.0, "1q", false, None).unwrap_err();
         assert_eq!(err.to_string(), "reset_duration: unknown unit 'q' in '1q'");
     }
@@ -265,14 +269,19 @@ mod tests {
     fn calendar_alignment_only_for_calendar_units() {
         assert!(BudgetSpec::new(10.0, "1d", true, None).is_ok());
         assert!(BudgetSpec::new(10.0, "2w", true, Some("Europe/Paris")).is_ok());
-        assert_eq!(BudgetSpec::new(10.0, "1h", true, None).unwrap_err().field, "reset_duration");
+        assert_eq!(
+            BudgetSpec::new(10.0, "1h", true, None).unwrap_err().field,
+            "reset_duration"
+        );
     }
 
     #[test]
     fn time_zones_must_be_iana_names() {
         assert!(BudgetSpec::new(10.0, "1d", true, Some("America/New_York")).is_ok());
         assert_eq!(
-            BudgetSpec::new(10.0, "1d", true, Some("Mars/Olympus")).unwrap_err().field,
+            BudgetSpec::new(10.0, "1d", true, Some("Mars/Olympus"))
+                .unwrap_err()
+                .field,
             "timezone"
         );
     }
@@ -298,7 +307,12 @@ mod patch_tests {
         assert_eq!(next.max, Money::from_usd(20.0).unwrap());
         assert_eq!(next.duration.as_str(), "1d");
         assert_eq!(next.timezone.name(), "Europe/Paris");
-        assert_eq!(spec.patched(None, Some("1h"), None, None).unwrap_err().field, "reset_duration");
+        assert_eq!(
+            spec.patched(None, Some("1h"), None, None)
+                .unwrap_err()
+                .field,
+            "reset_duration"
+        );
         assert!(spec.patched(None, Some("1h"), Some(false), None).is_ok());
     }
 

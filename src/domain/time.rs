@@ -23,7 +23,9 @@ pub fn rfc3339(us: Micros) -> String {
 
 /// Parses an RFC 3339 instant (any offset) into microseconds.
 pub fn parse_rfc3339(s: &str) -> Option<Micros> {
-    s.parse::<jiff::Timestamp>().ok().map(|t| t.as_microsecond())
+    s.parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_microsecond())
 }
 
 /// serde helper: serialize a `Micros` field as RFC 3339.

@@ -93,9 +93,7 @@ fn period_start(date: Date, unit: CalendarUnit) -> Date {
     match unit {
         CalendarUnit::Day => date,
         CalendarUnit::Week => date
-            .checked_sub(Span::new().days(i64::from(
-                date.weekday().to_monday_zero_offset(),
-            )))
+            .checked_sub(Span::new().days(i64::from(date.weekday().to_monday_zero_offset())))
             .unwrap_or(date),
         CalendarUnit::Month => date.first_of_month(),
         CalendarUnit::Year => date.first_of_year(),
@@ -165,7 +163,10 @@ mod tests {
     fn an_expired_window_is_detected_at_its_exact_end() {
         let rule = WindowRule::rolling(&ResetDuration::parse("1m").unwrap());
         let start = at("2026-01-01T00:00:00Z");
-        assert_eq!(rule.roll(start, at("2026-01-01T00:01:00Z")), Some(at("2026-01-01T00:01:00Z")));
+        assert_eq!(
+            rule.roll(start, at("2026-01-01T00:01:00Z")),
+            Some(at("2026-01-01T00:01:00Z"))
+        );
     }
 
     #[test]
@@ -173,7 +174,10 @@ mod tests {
         let rule = calendar("1M", "UTC", "2026-01-15T10:00:00Z");
         let jan = at("2026-01-15T10:00:00Z");
         assert_eq!(rule.end_of(jan), at("2026-02-01T00:00:00Z"));
-        assert_eq!(rule.end_of(at("2026-02-01T00:00:00Z")), at("2026-03-01T00:00:00Z"));
+        assert_eq!(
+            rule.end_of(at("2026-02-01T00:00:00Z")),
+            at("2026-03-01T00:00:00Z")
+        );
         assert_eq!(
             rule.roll(jan, at("2026-03-10T00:00:00Z")),
             Some(at("2026-03-01T00:00:00Z"))
@@ -184,7 +188,10 @@ mod tests {
     fn every_n_months_counts_from_the_creation_period() {
         let rule = calendar("3M", "UTC", "2026-02-20T00:00:00Z");
         // Windows: Feb–Apr, May–Jul, Aug–Oct.
-        assert_eq!(rule.end_of(at("2026-02-20T00:00:00Z")), at("2026-05-01T00:00:00Z"));
+        assert_eq!(
+            rule.end_of(at("2026-02-20T00:00:00Z")),
+            at("2026-05-01T00:00:00Z")
+        );
         assert_eq!(
             rule.roll(at("2026-02-20T00:00:00Z"), at("2026-09-15T00:00:00Z")),
             Some(at("2026-08-01T00:00:00Z"))
@@ -195,15 +202,27 @@ mod tests {
     fn calendar_days_start_at_local_midnight_across_dst() {
         let rule = calendar("1d", "Europe/Berlin", "2026-03-28T12:00:00Z");
         // 29 March 2026 is 23 hours long in Berlin.
-        assert_eq!(rule.end_of(at("2026-03-28T12:00:00Z")), at("2026-03-28T23:00:00Z"));
-        assert_eq!(rule.end_of(at("2026-03-28T23:00:00Z")), at("2026-03-29T22:00:00Z"));
+        assert_eq!(
+            rule.end_of(at("2026-03-28T12:00:00Z")),
+            at("2026-03-28T23:00:00Z")
+        );
+        assert_eq!(
+            rule.end_of(at("2026-03-28T23:00:00Z")),
+            at("2026-03-29T22:00:00Z")
+        );
     }
 
     #[test]
     fn weeks_start_on_monday_and_years_on_january_first() {
         let week = calendar("1w", "UTC", "2026-11-26T08:00:00Z"); // a Thursday
-        assert_eq!(week.end_of(at("2026-11-26T08:00:00Z")), at("2026-11-30T00:00:00Z"));
+        assert_eq!(
+            week.end_of(at("2026-11-26T08:00:00Z")),
+            at("2026-11-30T00:00:00Z")
+        );
         let year = calendar("1Y", "UTC", "2026-11-26T08:00:00Z");
-        assert_eq!(year.end_of(at("2026-11-26T08:00:00Z")), at("2027-01-01T00:00:00Z"));
+        assert_eq!(
+            year.end_of(at("2026-11-26T08:00:00Z")),
+            at("2027-01-01T00:00:00Z")
+        );
     }
 }

@@ -57,7 +57,10 @@ impl Counter {
 
     /// The stored usage and window start, as they are (expired or not): what is persisted.
     pub fn raw(&self) -> (i64, Micros) {
-        (self.used.load(Ordering::Acquire), self.start.load(Ordering::Acquire))
+        (
+            self.used.load(Ordering::Acquire),
+            self.start.load(Ordering::Acquire),
+        )
     }
 
     /// Adds to the usage of the current window.
@@ -106,7 +109,10 @@ mod tests {
         let c = Counter::new(10, 0, &minute());
         c.reset(&minute(), 30_000_000);
         let v = c.view(&minute(), 30_000_001);
-        assert_eq!((v.used, v.last_reset, v.resets_at), (0, 30_000_000, 30_000_000 + MIN));
+        assert_eq!(
+            (v.used, v.last_reset, v.resets_at),
+            (0, 30_000_000, 30_000_000 + MIN)
+        );
     }
 
     #[test]

@@ -108,7 +108,11 @@ impl RateLimit {
     ) -> Self {
         let token_rule = spec.tokens.window_rule();
         let request_rule = spec.requests.window_rule();
-        let tokens = Arc::new(Counter::new(tokens.0, tokens.1, &rule_or_forever(&token_rule)));
+        let tokens = Arc::new(Counter::new(
+            tokens.0,
+            tokens.1,
+            &rule_or_forever(&token_rule),
+        ));
         let requests = Arc::new(Counter::new(
             requests.0,
             requests.1,
@@ -148,7 +152,8 @@ impl RateLimit {
     }
 
     pub fn request_view(&self, now: Micros) -> CounterView {
-        self.requests.view(&rule_or_forever(&self.request_rule), now)
+        self.requests
+            .view(&rule_or_forever(&self.request_rule), now)
     }
 
     /// Makes the shared counters' window ends follow this rate limit's durations.
@@ -165,7 +170,8 @@ impl RateLimit {
     /// Zeroes both dimensions, starting new windows at `now`.
     pub fn reset(&self, now: Micros) {
         self.tokens.reset(&rule_or_forever(&self.token_rule), now);
-        self.requests.reset(&rule_or_forever(&self.request_rule), now);
+        self.requests
+            .reset(&rule_or_forever(&self.request_rule), now);
     }
 }
 

@@ -63,17 +63,16 @@ impl Snapshot {
         self.detach_keys(|vk| vk.customer_id == Some(id), |vk| vk.customer_id = None);
     }
 
-    fn detach_keys(&mut self, matches: impl Fn(&VirtualKey) -> bool, detach: impl Fn(&mut VirtualKey)) {
+    fn detach_keys(
+        &mut self,
+        matches: impl Fn(&VirtualKey) -> bool,
+        detach: impl Fn(&mut VirtualKey),
+    ) {
         for vk in self.virtual_keys.values_mut() {
             if matches(vk) {
                 detach(Arc::make_mut(vk));
             }
         }
-    }
-
-    /// The team of a key-or-team-or-customer lookup by id, for reference checks.
-    pub fn team(&self, id: Uuid) -> Option<&Arc<Team>> {
-        self.teams.get(&id)
     }
 
     /// Every owner's limits, for the budget and rate-limit listings.
@@ -107,7 +106,11 @@ impl Snapshot {
     }
 
     /// The model config for exactly `(model_name, provider)`.
-    pub fn model_config_for(&self, model_name: &str, provider: Option<&str>) -> Option<&Arc<ModelConfig>> {
+    pub fn model_config_for(
+        &self,
+        model_name: &str,
+        provider: Option<&str>,
+    ) -> Option<&Arc<ModelConfig>> {
         self.model_configs
             .values()
             .find(|m| m.model_name == model_name && m.provider.as_deref() == provider)
@@ -138,7 +141,10 @@ impl Store {
 
     /// Applies a change to a copy of the current snapshot and publishes it.
     pub fn update<R>(&self, change: impl FnOnce(&mut Snapshot) -> R) -> R {
-        let _guard = self.write.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _guard = self
+            .write
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut next = Snapshot::clone(&self.current.load());
         let result = change(&mut next);
         self.current.store(Arc::new(next));
@@ -168,7 +174,11 @@ mod tests {
     }
 
     fn rand_hash() -> [u8; 32] {
-        *Uuid::new_v4().as_bytes().repeat(2).first_chunk::<32>().unwrap()
+        *Uuid::new_v4()
+            .as_bytes()
+            .repeat(2)
+            .first_chunk::<32>()
+            .unwrap()
     }
 
     #[test]

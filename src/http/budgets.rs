@@ -55,7 +55,10 @@ pub async fn list_budgets(State(state): State<AppState>) -> ApiJson<BudgetList> 
     let now = now_micros();
     let mut budgets: Vec<_> = s.budgets().collect();
     budgets.sort_by_key(|b| (b.created_at, b.id));
-    let budgets: Vec<_> = budgets.into_iter().map(|b| BudgetView::new(b, now)).collect();
+    let budgets: Vec<_> = budgets
+        .into_iter()
+        .map(|b| BudgetView::new(b, now))
+        .collect();
     ApiJson(BudgetList {
         count: budgets.len(),
         budgets,
@@ -70,7 +73,10 @@ pub async fn list_rate_limits(State(state): State<AppState>) -> ApiJson<RateLimi
     let now = now_micros();
     let mut limits: Vec<_> = s.rate_limits().collect();
     limits.sort_by_key(|r| (r.created_at, r.id));
-    let rate_limits: Vec<_> = limits.into_iter().map(|r| RateLimitView::new(r, now)).collect();
+    let rate_limits: Vec<_> = limits
+        .into_iter()
+        .map(|r| RateLimitView::new(r, now))
+        .collect();
     ApiJson(RateLimitList {
         count: rate_limits.len(),
         rate_limits,
@@ -88,7 +94,9 @@ pub async fn reset_budget(
     let key = path_id("budget", &id)?;
     let _w = state.admin_writes.lock().await;
     let s = state.store.snapshot();
-    let budget = s.find_budget(key).ok_or_else(|| ApiError::not_found("budget", &id))?;
+    let budget = s
+        .find_budget(key)
+        .ok_or_else(|| ApiError::not_found("budget", &id))?;
     let now = now_micros();
     let mut tx = state.db.begin().await?;
     db::reset_budget(&mut tx, key, now).await?;
@@ -111,7 +119,9 @@ pub async fn reset_rate_limit(
     let key = path_id("rate limit", &id)?;
     let _w = state.admin_writes.lock().await;
     let s = state.store.snapshot();
-    let limit = s.find_rate_limit(key).ok_or_else(|| ApiError::not_found("rate limit", &id))?;
+    let limit = s
+        .find_rate_limit(key)
+        .ok_or_else(|| ApiError::not_found("rate limit", &id))?;
     let now = now_micros();
     let mut tx = state.db.begin().await?;
     db::reset_rate_limit(&mut tx, key, now).await?;

@@ -67,7 +67,11 @@ pub struct CustomerView {
 
 impl CustomerView {
     pub fn new(c: &Customer, s: &Snapshot, now: Micros) -> Self {
-        let mut teams: Vec<_> = s.teams.values().filter(|t| t.customer_id == Some(c.id)).collect();
+        let mut teams: Vec<_> = s
+            .teams
+            .values()
+            .filter(|t| t.customer_id == Some(c.id))
+            .collect();
         teams.sort_by_key(|t| (t.created_at, t.id));
         let mut keys: Vec<_> = s
             .virtual_keys
@@ -80,7 +84,10 @@ impl CustomerView {
             name: c.name.clone(),
             limits: LimitsView::new(&c.limits, now),
             teams: teams.into_iter().map(|t| TeamView::new(t, now)).collect(),
-            virtual_keys: keys.into_iter().map(|k| VirtualKeyView::new(k, now)).collect(),
+            virtual_keys: keys
+                .into_iter()
+                .map(|k| VirtualKeyView::new(k, now))
+                .collect(),
             created_at: c.created_at,
             updated_at: c.updated_at,
         }
@@ -119,10 +126,18 @@ pub async fn list_customers(
 ) -> Result<ApiJson<CustomerList>, ApiError> {
     let s = state.store.snapshot();
     let now = now_micros();
-    let mut all: Vec<&Arc<Customer>> = s.customers.values().filter(|c| q.matches(&c.name)).collect();
+    let mut all: Vec<&Arc<Customer>> = s
+        .customers
+        .values()
+        .filter(|c| q.matches(&c.name))
+        .collect();
     all.sort_by_key(|c| (c.created_at, c.id));
     let page = q.page(all)?;
-    let customers: Vec<_> = page.items.iter().map(|c| CustomerView::new(c, &s, now)).collect();
+    let customers: Vec<_> = page
+        .items
+        .iter()
+        .map(|c| CustomerView::new(c, &s, now))
+        .collect();
     Ok(ApiJson(CustomerList {
         count: customers.len(),
         customers,
@@ -205,10 +220,20 @@ pub async fn update_customer(
     let key = path_id("customer", &id)?;
     let _w = state.admin_writes.lock().await;
     let s = state.store.snapshot();
-    let old = s.customers.get(&key).ok_or_else(|| ApiError::not_found("customer", &id))?;
+    let old = s
+        .customers
+        .get(&key)
+        .ok_or_else(|| ApiError::not_found("customer", &id))?;
     let now = now_micros();
     let mut changes = LimitChanges::default();
-    let limits = patch_limits(&old.limits, body.budget, body.rate_limit, "", now, &mut changes)?;
+    let limits = patch_limits(
+        &old.limits,
+        body.budget,
+        body.rate_limit,
+        "",
+        now,
+        &mut changes,
+    )?;
     let customer = Customer {
         id: old.id,
         name: match &body.name {
@@ -247,7 +272,10 @@ pub async fn delete_customer(
     let key = path_id("customer", &id)?;
     let _w = state.admin_writes.lock().await;
     let s = state.store.snapshot();
-    let old = s.customers.get(&key).ok_or_else(|| ApiError::not_found("customer", &id))?;
+    let old = s
+        .customers
+        .get(&key)
+        .ok_or_else(|| ApiError::not_found("customer", &id))?;
     let mut changes = LimitChanges::default();
     changes.remove_all(&old.limits);
     let mut tx = state.db.begin().await?;

@@ -100,7 +100,9 @@ impl From<LimitError> for ApiError {
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
         match e {
-            DbError::Conflict(m) => ApiError::Conflict(format!("conflicts with an existing entity: {m}")),
+            DbError::Conflict(m) => {
+                ApiError::Conflict(format!("conflicts with an existing entity: {m}"))
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }

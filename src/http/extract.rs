@@ -41,8 +41,12 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
         JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
             "expected a request body with content-type application/json".to_owned(),
         ),
-        JsonRejection::JsonDataError(e) => ApiError::InvalidRequest(format!("invalid body: {}", inner(&e))),
-        JsonRejection::JsonSyntaxError(e) => ApiError::InvalidRequest(format!("malformed JSON: {}", inner(&e))),
+        JsonRejection::JsonDataError(e) => {
+            ApiError::InvalidRequest(format!("invalid body: {}", inner(&e)))
+        }
+        JsonRejection::JsonSyntaxError(e) => {
+            ApiError::InvalidRequest(format!("malformed JSON: {}", inner(&e)))
+        }
         _ if status == StatusCode::PAYLOAD_TOO_LARGE => {
             ApiError::PayloadTooLarge("request body is too large".to_owned())
         }
@@ -72,9 +76,9 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(value)) => Ok(ApiQuery(value)),
-            Err(QueryRejection::FailedToDeserializeQueryString(e)) => {
-                Err(ApiError::InvalidRequest(format!("invalid query string: {}", inner(&e))))
-            }
+            Err(QueryRejection::FailedToDeserializeQueryString(e)) => Err(
+                ApiError::InvalidRequest(format!("invalid query string: {}", inner(&e))),
+            ),
             Err(other) => Err(ApiError::InvalidRequest(other.body_text())),
         }
     }
@@ -93,7 +97,10 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(value)) => Ok(ApiPath(value)),
-            Err(e) => Err(ApiError::InvalidRequest(format!("invalid path: {}", e.body_text()))),
+            Err(e) => Err(ApiError::InvalidRequest(format!(
+                "invalid path: {}",
+                e.body_text()
+            ))),
         }
     }
 }

@@ -36,7 +36,10 @@ pub async fn healthz() -> ApiJson<Health> {
     responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let ping = tokio::time::timeout(std::time::Duration::from_secs(2), state.db.ping()).await;
-    match ping.map_err(|_| "timed out".to_owned()).and_then(|r| r.map_err(|e| e.to_string())) {
+    match ping
+        .map_err(|_| "timed out".to_owned())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+    {
         Ok(()) => (StatusCode::OK, ApiJson(Health { status: "ok" })).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");

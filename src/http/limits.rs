@@ -161,12 +161,22 @@ impl RateLimitView {
         RateLimitView {
             id: r.id,
             token_max_limit: r.spec.tokens.max,
-            token_reset_duration: r.spec.tokens.duration.as_ref().map(|d| d.as_str().to_owned()),
+            token_reset_duration: r
+                .spec
+                .tokens
+                .duration
+                .as_ref()
+                .map(|d| d.as_str().to_owned()),
             token_current_usage: t.used,
             token_last_reset: t.last_reset,
             token_resets_at: r.token_rule.as_ref().map(|_| t.resets_at),
             request_max_limit: r.spec.requests.max,
-            request_reset_duration: r.spec.requests.duration.as_ref().map(|d| d.as_str().to_owned()),
+            request_reset_duration: r
+                .spec
+                .requests
+                .duration
+                .as_ref()
+                .map(|d| d.as_str().to_owned()),
             request_current_usage: q.used,
             request_last_reset: q.last_reset,
             request_resets_at: r.request_rule.as_ref().map(|_| q.resets_at),
@@ -294,7 +304,14 @@ pub fn patch_limits(
                     body.request_reset_duration,
                 )
                 .map_err(|e| located(prefix, e))?;
-            let next = Arc::new(RateLimit::new(Uuid::new_v4(), spec, (0, now), (0, now), now, now));
+            let next = Arc::new(RateLimit::new(
+                Uuid::new_v4(),
+                spec,
+                (0, now),
+                (0, now),
+                now,
+                now,
+            ));
             changes.insert_rate_limits.push(Arc::clone(&next));
             Some(next)
         }

@@ -91,10 +91,14 @@ pub fn router(state: AppState) -> Router {
 /// Validates a required text field: non-blank and at most 256 bytes.
 pub fn text_field(field: &str, value: &str) -> Result<String, error::ApiError> {
     if value.trim().is_empty() {
-        return Err(error::ApiError::InvalidRequest(format!("{field}: must not be empty")));
+        return Err(error::ApiError::InvalidRequest(format!(
+            "{field}: must not be empty"
+        )));
     }
     if value.len() > 256 {
-        return Err(error::ApiError::InvalidRequest(format!("{field}: must be at most 256 bytes")));
+        return Err(error::ApiError::InvalidRequest(format!(
+            "{field}: must be at most 256 bytes"
+        )));
     }
     Ok(value.to_owned())
 }

@@ -24,7 +24,11 @@ use crate::state::AppState;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_model_configs, create_model_config))
-        .routes(routes!(get_model_config, update_model_config, delete_model_config))
+        .routes(routes!(
+            get_model_config,
+            update_model_config,
+            delete_model_config
+        ))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -100,7 +104,12 @@ pub struct ModelConfigMessage {
     pub model_config: ModelConfigView,
 }
 
-fn check_unique(s: &Snapshot, model: &str, provider: Option<&str>, except: Option<Uuid>) -> Result<(), ApiError> {
+fn check_unique(
+    s: &Snapshot,
+    model: &str,
+    provider: Option<&str>,
+    except: Option<Uuid>,
+) -> Result<(), ApiError> {
     match s.model_config_for(model, provider) {
         Some(existing) if Some(existing.id) != except => Err(ApiError::Conflict(format!(
             "a model config for '{model}' on {} already exists",
@@ -110,7 +119,11 @@ fn check_unique(s: &Snapshot, model: &str, provider: Option<&str>, except: Optio
     }
 }
 
-async fn save(state: &AppState, config: ModelConfig, changes: LimitChanges) -> Result<ModelConfigView, ApiError> {
+async fn save(
+    state: &AppState,
+    config: ModelConfig,
+    changes: LimitChanges,
+) -> Result<ModelConfigView, ApiError> {
     let mut tx = state.db.begin().await?;
     changes.write_upserts(&mut tx).await?;
     db::upsert_model_config(&mut tx, &config).await?;
@@ -118,7 +131,9 @@ async fn save(state: &AppState, config: ModelConfig, changes: LimitChanges) -> R
     tx.commit().await?;
     changes.publish();
     let view = ModelConfigView::new(&config, config.updated_at);
-    state.store.update(|s| s.model_configs.insert(config.id, Arc::new(config)));
+    state
+        .store
+        .update(|s| s.model_configs.insert(config.id, Arc::new(config)));
     Ok(view)
 }
 
@@ -132,10 +147,18 @@ pub async fn list_model_configs(
 ) -> Result<ApiJson<ModelConfigList>, ApiError> {
     let s = state.store.snapshot();
     let now = now_micros();
-    let mut all: Vec<_> = s.model_configs.values().filter(|m| q.matches(&m.model_name)).collect();
+    let mut all: Vec<_> = s
+        .model_configs
+        .values()
+        .filter(|m| q.matches(&m.model_name))
+        .collect();
     all.sort_by_key(|m| (m.created_at, m.id));
     let page = q.page(all)?;
-    let model_configs: Vec<_> = page.items.iter().map(|m| ModelConfigView::new(m, now)).collect();
+    let model_configs: Vec<_> = page
+        .items
+        .iter()
+        .map(|m| ModelConfigView::new(m, now))
+        .collect();
     Ok(ApiJson(ModelConfigList {
         count: model_configs.len(),
         model_configs,
@@ -154,12 +177,28 @@ pub async fn create_model_config(
     ApiJson(body): ApiJson<CreateModelConfig>,
 ) -> Result<ApiJson<ModelConfigMessage>, ApiError> {
     let model_name = text_field("model_name", &body.model_name)?;
-    let provider = body.provider.as_deref().map(|p| text_field("provider", p)).transpose()?;
+    let provider = body
+        .provider
+        .as_deref()
+        .map(|p| text_field("provider", p))
+        .transpose()?;
     let now = now_micros();
     let mut changes = LimitChanges::default();
-    let limits = patch_limits(&Limits::default(), body.budget.into(), body.rate_limit.into(), "", now, &mut changes)?;
+    let limits = patch_limits(
+        &Limits::default(),
+        body.budget.into(),
+        body.rate_limit.into(),
+        "",
+        now,
+        &mut changes,
+    )?;
     let _w = state.admin_writes.lock().await;
-    check_unique(&state.store.snapshot(), &model_name, provider.as_deref(), None)?;
+    check_unique(
+        &state.store.snapshot(),
+        &model_name,
+        provider.as_deref(),
+        None,
+    )?;
     let config = ModelConfig {
         id: Uuid::new_v4(),
         model_name,
@@ -205,7 +244,10 @@ pub async fn update_model_config(
     let key = path_id("model config", &id)?;
     let _w = state.admin_writes.lock().await;
     let s = state.store.snapshot();
-    let old = s.model_configs.get(&key).ok_or_else(|| ApiError::not_found("model config", &id))?;
+    let old = s
+        .model_configs
+        .get(&key)
+        .ok_or_else(|| ApiError::not_found("model config", &id))?;
     let model_name = match &body.model_name {
         Some(n) => text_field("model_name", n)?,
         None => old.model_name.clone(),
@@ -218,7 +260,14 @@ pub async fn update_model_config(
     check_unique(&s, &model_name, provider.as_deref(), Some(old.id))?;
     let now = now_micros();
     let mut changes = LimitChanges::default();
-    let limits = patch_limits(&old.limits, body.budget, body.rate_limit, "", now, &mut changes)?;
+    let limits = patch_limits(
+        &old.limits,
+        body.budget,
+        body.rate_limit,
+        "",
+        now,
+        &mut changes,
+    )?;
     let config = ModelConfig {
         id: old.id,
         model_name,
@@ -244,7 +293,10 @@ pub async fn delete_model_config(
     let key = path_id("model config", &id)?;
     let _w = state.admin_writes.lock().await;
     let s = state.store.snapshot();
-    let old = s.model_configs.get(&key).ok_or_else(|| ApiError::not_found("model config", &id))?;
+    let old = s
+        .model_configs
+        .get(&key)
+        .ok_or_else(|| ApiError::not_found("model config", &id))?;
     let mut changes = LimitChanges::default();
     changes.remove_all(&old.limits);
     let mut tx = state.db.begin().await?;

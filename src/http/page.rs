@@ -48,7 +48,9 @@ impl PageQuery {
             }
         }
         if self.search.as_ref().is_some_and(|s| s.len() > 256) {
-            return Err(ApiError::InvalidRequest("search: must be at most 256 bytes".into()));
+            return Err(ApiError::InvalidRequest(
+                "search: must be at most 256 bytes".into(),
+            ));
         }
         let total_count = items.len();
         let offset = self.offset.unwrap_or(0);

@@ -101,7 +101,10 @@ pub async fn get_provider(
     ApiPath(name): ApiPath<String>,
 ) -> Result<ApiJson<ProviderResponse>, ApiError> {
     let s = state.store.snapshot();
-    let p = s.providers.get(&name).ok_or_else(|| ApiError::not_found("provider", &name))?;
+    let p = s
+        .providers
+        .get(&name)
+        .ok_or_else(|| ApiError::not_found("provider", &name))?;
     Ok(ApiJson(ProviderResponse {
         provider: ProviderView::new(p, now_micros()),
     }))
@@ -138,8 +141,15 @@ pub async fn update_provider(
     tx.commit().await?;
     changes.publish();
     let view = ProviderView::new(&provider, now);
-    let message = if old.is_some() { "Provider updated successfully" } else { "Provider created successfully" };
-    state.store.update(|s| s.providers.insert(provider.name.clone(), Arc::new(provider)));
+    let message = if old.is_some() {
+        "Provider updated successfully"
+    } else {
+        "Provider created successfully"
+    };
+    state.store.update(|s| {
+        s.providers
+            .insert(provider.name.clone(), Arc::new(provider))
+    });
     Ok(ApiJson(ProviderMessage {
         message: message.to_owned(),
         provider: view,
@@ -156,7 +166,10 @@ pub async fn delete_provider(
 ) -> Result<ApiJson<Message>, ApiError> {
     let _w = state.admin_writes.lock().await;
     let s = state.store.snapshot();
-    let old = s.providers.get(&name).ok_or_else(|| ApiError::not_found("provider", &name))?;
+    let old = s
+        .providers
+        .get(&name)
+        .ok_or_else(|| ApiError::not_found("provider", &name))?;
     let mut changes = LimitChanges::default();
     changes.remove_all(&old.limits);
     let mut tx = state.db.begin().await?;

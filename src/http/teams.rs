@@ -173,7 +173,11 @@ pub async fn create_team(
     )?;
     let _w = state.admin_writes.lock().await;
     let s = state.store.snapshot();
-    let customer_id = body.customer_id.as_deref().map(|c| customer_ref(&s, c)).transpose()?;
+    let customer_id = body
+        .customer_id
+        .as_deref()
+        .map(|c| customer_ref(&s, c))
+        .transpose()?;
     let team = Team {
         id: Uuid::new_v4(),
         name,
@@ -196,7 +200,9 @@ pub async fn create_team(
 impl TeamView {
     /// Publishes `team` and returns its view.
     fn and_insert(self, state: &AppState, team: Team) -> Self {
-        state.store.update(|s| s.teams.insert(team.id, Arc::new(team)));
+        state
+            .store
+            .update(|s| s.teams.insert(team.id, Arc::new(team)));
         self
     }
 }
@@ -232,7 +238,10 @@ pub async fn update_team(
     let key = path_id("team", &id)?;
     let _w = state.admin_writes.lock().await;
     let s = state.store.snapshot();
-    let old = s.teams.get(&key).ok_or_else(|| ApiError::not_found("team", &id))?;
+    let old = s
+        .teams
+        .get(&key)
+        .ok_or_else(|| ApiError::not_found("team", &id))?;
     let now = now_micros();
     let customer_id = match &body.customer_id {
         Patch::Absent => old.customer_id,
@@ -244,7 +253,14 @@ pub async fn update_team(
         None => old.name.clone(),
     };
     let mut changes = LimitChanges::default();
-    let limits = patch_limits(&old.limits, body.budget, body.rate_limit, "", now, &mut changes)?;
+    let limits = patch_limits(
+        &old.limits,
+        body.budget,
+        body.rate_limit,
+        "",
+        now,
+        &mut changes,
+    )?;
     let team = Team {
         id: old.id,
         name,
@@ -277,7 +293,10 @@ pub async fn delete_team(
     let key = path_id("team", &id)?;
     let _w = state.admin_writes.lock().await;
     let s = state.store.snapshot();
-    let old = s.teams.get(&key).ok_or_else(|| ApiError::not_found("team", &id))?;
+    let old = s
+        .teams
+        .get(&key)
+        .ok_or_else(|| ApiError::not_found("team", &id))?;
     let mut changes = LimitChanges::default();
     changes.remove_all(&old.limits);
     let mut tx = state.db.begin().await?;

@@ -67,7 +67,10 @@ pub async fn get_user(
     ApiPath(user_id): ApiPath<String>,
 ) -> Result<ApiJson<UserResponse>, ApiError> {
     let s = state.store.snapshot();
-    let u = s.users.get(&user_id).ok_or_else(|| ApiError::not_found("user", &user_id))?;
+    let u = s
+        .users
+        .get(&user_id)
+        .ok_or_else(|| ApiError::not_found("user", &user_id))?;
     Ok(ApiJson(UserResponse {
         user: UserView::new(u, now_micros()),
     }))
@@ -104,8 +107,14 @@ pub async fn update_user(
     tx.commit().await?;
     changes.publish();
     let view = UserView::new(&user, now);
-    let message = if old.is_some() { "User updated successfully" } else { "User created successfully" };
-    state.store.update(|s| s.users.insert(user.user_id.clone(), Arc::new(user)));
+    let message = if old.is_some() {
+        "User updated successfully"
+    } else {
+        "User created successfully"
+    };
+    state
+        .store
+        .update(|s| s.users.insert(user.user_id.clone(), Arc::new(user)));
     Ok(ApiJson(UserMessage {
         message: message.to_owned(),
         user: view,
@@ -122,7 +131,10 @@ pub async fn delete_user(
 ) -> Result<ApiJson<Message>, ApiError> {
     let _w = state.admin_writes.lock().await;
     let s = state.store.snapshot();
-    let old = s.users.get(&user_id).ok_or_else(|| ApiError::not_found("user", &user_id))?;
+    let old = s
+        .users
+        .get(&user_id)
+        .ok_or_else(|| ApiError::not_found("user", &user_id))?;
     let mut changes = LimitChanges::default();
     changes.remove_all(&old.limits);
     let mut tx = state.db.begin().await?;

@@ -28,7 +28,11 @@ use crate::state::AppState;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_virtual_keys, create_virtual_key))
-        .routes(routes!(get_virtual_key, update_virtual_key, delete_virtual_key))
+        .routes(routes!(
+            get_virtual_key,
+            update_virtual_key,
+            delete_virtual_key
+        ))
 }
 
 const VALUE_PREFIX: &str = "sk-hd-";
@@ -249,7 +253,9 @@ fn check_name_free(s: &Snapshot, name: &str, except: Option<Uuid>) -> Result<(),
         .values()
         .any(|k| k.name == name && Some(k.id) != except)
     {
-        return Err(ApiError::Conflict(format!("a virtual key named '{name}' already exists")));
+        return Err(ApiError::Conflict(format!(
+            "a virtual key named '{name}' already exists"
+        )));
     }
     Ok(())
 }
@@ -277,7 +283,9 @@ fn provider_configs(
                 let old = Uuid::parse_str(raw)
                     .ok()
                     .and_then(|id| current.iter().find(|pc| pc.id == id))
-                    .ok_or_else(|| bad(format!("id: '{raw}' is not a provider config of this key")))?;
+                    .ok_or_else(|| {
+                        bad(format!("id: '{raw}' is not a provider config of this key"))
+                    })?;
                 if !seen.insert(old.id) {
                     return Err(bad(format!("id: '{raw}' is listed twice")));
                 }
@@ -371,7 +379,11 @@ pub async fn list_virtual_keys(
         .collect();
     all.sort_by_key(|k| (k.created_at, k.id));
     let page = q.page(all)?;
-    let keys: Vec<_> = page.items.iter().map(|k| VirtualKeyView::new(k, now)).collect();
+    let keys: Vec<_> = page
+        .items
+        .iter()
+        .map(|k| VirtualKeyView::new(k, now))
+        .collect();
     Ok(ApiJson(VirtualKeyList {
         count: keys.len(),
         virtual_keys: keys,
@@ -392,7 +404,9 @@ pub async fn create_virtual_key(
     let name = text_field("name", &body.name)?;
     let description = body.description.unwrap_or_default();
     if description.len() > 4096 {
-        return Err(ApiError::InvalidRequest("description: must be at most 4096 bytes".into()));
+        return Err(ApiError::InvalidRequest(
+            "description: must be at most 4096 bytes".into(),
+        ));
     }
     if body.team_id.is_some() && body.customer_id.is_some() {
         return Err(ApiError::InvalidRequest(
@@ -416,15 +430,30 @@ pub async fn create_virtual_key(
         now,
         &mut changes,
     )?;
-    let (configs, _) = provider_configs(&[], body.provider_configs.unwrap_or_default(), now, &mut changes)?;
+    let (configs, _) = provider_configs(
+        &[],
+        body.provider_configs.unwrap_or_default(),
+        now,
+        &mut changes,
+    )?;
     let _w = state.admin_writes.lock().await;
     let s = state.store.snapshot();
-    let team_id = body.team_id.as_deref().map(|t| team_ref(&s, t)).transpose()?;
-    let customer_id = body.customer_id.as_deref().map(|c| customer_ref(&s, c)).transpose()?;
+    let team_id = body
+        .team_id
+        .as_deref()
+        .map(|t| team_ref(&s, t))
+        .transpose()?;
+    let customer_id = body
+        .customer_id
+        .as_deref()
+        .map(|c| customer_ref(&s, c))
+        .transpose()?;
     check_name_free(&s, &name, None)?;
     let value_hash = hash_value(&value);
     if s.key_by_hash.contains_key(&value_hash) {
-        return Err(ApiError::Conflict("a virtual key with this value already exists".to_owned()));
+        return Err(ApiError::Conflict(
+            "a virtual key with this value already exists".to_owned(),
+        ));
     }
     let vk = VirtualKey {
         id: Uuid::new_v4(),
@@ -484,7 +513,10 @@ pub async fn update_virtual_key(
     }
     let _w = state.admin_writes.lock().await;
     let s = state.store.snapshot();
-    let old = s.virtual_keys.get(&key).ok_or_else(|| ApiError::not_found("virtual key", &id))?;
+    let old = s
+        .virtual_keys
+        .get(&key)
+        .ok_or_else(|| ApiError::not_found("virtual key", &id))?;
     let now = now_micros();
     let (mut team_id, mut customer_id) = (old.team_id, old.customer_id);
     match &body.team_id {
@@ -508,12 +540,24 @@ pub async fn update_virtual_key(
         None => old.name.clone(),
     };
     check_name_free(&s, &name, Some(old.id))?;
-    let description = body.description.clone().unwrap_or_else(|| old.description.clone());
+    let description = body
+        .description
+        .clone()
+        .unwrap_or_else(|| old.description.clone());
     if description.len() > 4096 {
-        return Err(ApiError::InvalidRequest("description: must be at most 4096 bytes".into()));
+        return Err(ApiError::InvalidRequest(
+            "description: must be at most 4096 bytes".into(),
+        ));
     }
     let mut changes = LimitChanges::default();
-    let limits = patch_limits(&old.limits, body.budget, body.rate_limit, "", now, &mut changes)?;
+    let limits = patch_limits(
+        &old.limits,
+        body.budget,
+        body.rate_limit,
+        "",
+        now,
+        &mut changes,
+    )?;
     let (configs, removed) = match body.provider_configs {
         Patch::Absent => (old.provider_configs.clone(), Vec::new()),
         Patch::Null => provider_configs(&old.provider_configs, Vec::new(), now, &mut changes)?,
@@ -551,7 +595,10 @@ pub async fn delete_virtual_key(
     let key = path_id("virtual key", &id)?;
     let _w = state.admin_writes.lock().await;
     let s = state.store.snapshot();
-    let old = s.virtual_keys.get(&key).ok_or_else(|| ApiError::not_found("virtual key", &id))?;
+    let old = s
+        .virtual_keys
+        .get(&key)
+        .ok_or_else(|| ApiError::not_found("virtual key", &id))?;
     let mut changes = LimitChanges::default();
     changes.remove_all(&old.limits);
     for pc in &old.provider_configs {
@@ -582,7 +629,10 @@ mod tests {
 
     #[test]
     fn display_prefixes_never_show_more_than_half_a_value() {
-        assert_eq!(display_prefix("sk-hd-AbCdEfGhIjKlMnOpQrStUvWxYz012345"), "sk-hd-AbCd…");
+        assert_eq!(
+            display_prefix("sk-hd-AbCdEfGhIjKlMnOpQrStUvWxYz012345"),
+            "sk-hd-AbCd…"
+        );
         assert_eq!(display_prefix("my-own-key"), "my-ow…");
     }
 }

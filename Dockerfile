@@ -1,0 +1,32 @@
+# Heimdall container: build with the locked dependency set, run as a non-root user.
+# Build:  docker build -t heimdall .
+# Run:    docker run -p 8080:8080 -e HEIMDALL__AUTH__ADMIN_TOKENS=... -e HEIMDALL__AUTH__GATEWAY_TOKENS=... heimdall
+# (Without tokens Heimdall refuses to listen on 0.0.0.0.)
+
+FROM rust:1-bookworm AS build
+WORKDIR /src
+# Dependencies first, so that source edits do not rebuild them.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir src && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.rs \
+    && cargo build --release --locked \
+    && rm -rf src
+COPY src ./src
+COPY migrations ./migrations
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked
+
+FROM debian:bookworm-slim AS runtime
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 heimdall \
+    && useradd --system --uid 10001 --gid heimdall --home-dir /var/lib/heimdall --create-home heimdall
+COPY --from=build /src/target/release/heimdall /usr/local/bin/heimdall
+COPY config.example.toml /etc/heimdall/config.example.toml
+USER heimdall:heimdall
+WORKDIR /var/lib/heimdall
+ENV HEIMDALL_LISTEN=0.0.0.0:8080 \
+    HEIMDALL_DATABASE_URL=sqlite:///var/lib/heimdall/heimdall.db
+VOLUME ["/var/lib/heimdall"]
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/heimdall"]
+CMD ["serve"]

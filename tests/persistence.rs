@@ -1,0 +1,158 @@
+//! What is written survives a restart, on both backends: every entity exactly as it was, and
+//! the usage of a budget whose limits change.
+
+mod common;
+
+use common::{config_for, TestApp, TestDb};
+use serde_json::{json, Value};
+
+on_both_backends!(
+    a_restart_keeps_every_entity,
+    limit_changes_keep_usage_and_window,
+    migrations_are_applied_once,
+);
+
+async fn snapshot(app: &TestApp) -> Vec<Value> {
+    let mut out = Vec::new();
+    for path in [
+        "/api/governance/customers",
+        "/api/governance/teams",
+        "/api/governance/virtual-keys",
+        "/api/governance/providers",
+        "/api/governance/model-configs",
+        "/api/governance/budgets",
+        "/api/governance/rate-limits",
+        "/api/governance/users/u-1",
+    ] {
+        let (status, body) = app.get(path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        out.push(body);
+    }
+    out
+}
+
+async fn a_restart_keeps_every_entity(db: &TestDb) {
+    let app = TestApp::start(config_for(db)).await;
+    let budget = json!({"max_limit": 12.5, "reset_duration": "1M", "calendar_aligned": true, "timezone": "Asia/Tokyo"});
+    let rate = json!({"token_max_limit": 1000, "token_reset_duration": "1h", "request_max_limit": 10, "request_reset_duration": "1m"});
+    let c = app
+        .create(
+            "/api/governance/customers",
+            json!({"name": "c", "budget": budget, "rate_limit": rate}),
+        )
+        .await;
+    let cid = c["customer"]["id"].as_str().unwrap();
+    let t = app
+        .create(
+            "/api/governance/teams",
+            json!({"name": "t", "customer_id": cid, "budget": budget}),
+        )
+        .await;
+    let tid = t["team"]["id"].as_str().unwrap();
+    app.create(
+        "/api/governance/virtual-keys",
+        json!({"name": "k", "description": "a key", "team_id": tid, "rate_limit": rate,
+               "provider_configs": [{"provider": "openai", "weight": 2.5, "allowed_models": ["gpt-4o"], "key_ids": ["key-a"], "budget": budget}]}),
+    )
+    .await;
+    app.create(
+        "/api/governance/virtual-keys",
+        json!({"name": "k2", "customer_id": cid, "is_active": false}),
+    )
+    .await;
+    app.put(
+        "/api/governance/providers/anthropic",
+        json!({"rate_limit": rate}),
+    )
+    .await;
+    app.create(
+        "/api/governance/model-configs",
+        json!({"model_name": "claude", "provider": "anthropic", "budget": budget}),
+    )
+    .await;
+    app.put(
+        "/api/governance/users/u-1",
+        json!({"budget": {"max_limit": 1.0, "reset_duration": "1d"}}),
+    )
+    .await;
+
+    let before = snapshot(&app).await;
+    let app = app.restart().await;
+    let after = snapshot(&app).await;
+    assert_eq!(before, after);
+    app.stop().await;
+}
+
+async fn limit_changes_keep_usage_and_window(db: &TestDb) {
+    let app = TestApp::start(config_for(db)).await;
+    let vk = app
+        .create(
+            "/api/governance/virtual-keys",
+            json!({"name": "k", "budget": {"max_limit": 10.0, "reset_duration": "1d"},
+                   "rate_limit": {"token_max_limit": 1000, "token_reset_duration": "1h"}}),
+        )
+        .await["virtual_key"]
+        .clone();
+    let config = app.stop().await;
+    // Usage as a flush would have left it: $7.5 and 800 tokens in the current windows.
+    db.execute("update budgets set current_usage = 7500000000; update rate_limits set token_current_usage = 800;")
+        .await;
+    let app = TestApp::start(config).await;
+    let path = format!(
+        "/api/governance/virtual-keys/{}",
+        vk["id"].as_str().unwrap()
+    );
+    let (_, got) = app.get(&path).await;
+    assert_eq!(got["virtual_key"]["budget"]["current_usage"], 7.5);
+
+    let (status, changed) = app
+        .put(&path, json!({"budget": {"max_limit": 5.0, "reset_duration": "2d"}, "rate_limit": {"token_max_limit": 500}}))
+        .await;
+    assert_eq!(status, 200, "{changed}");
+    let b = &changed["virtual_key"]["budget"];
+    assert_eq!(b["max_limit"], 5.0);
+    assert_eq!(
+        b["current_usage"], 7.5,
+        "usage is kept even above the new max"
+    );
+    assert_eq!(b["last_reset"], vk["budget"]["last_reset"]);
+    assert_ne!(
+        b["resets_at"], vk["budget"]["resets_at"],
+        "a longer window ends later"
+    );
+    assert_eq!(
+        changed["virtual_key"]["rate_limit"]["token_current_usage"],
+        800
+    );
+
+    let app = app.restart().await;
+    let (_, got) = app.get(&path).await;
+    assert_eq!(got["virtual_key"]["budget"]["current_usage"], 7.5);
+    assert_eq!(got["virtual_key"]["budget"]["max_limit"], 5.0);
+    assert_eq!(got["virtual_key"]["budget"]["reset_duration"], "2d");
+    assert_eq!(got["virtual_key"]["rate_limit"]["token_current_usage"], 800);
+
+    let budget_id = got["virtual_key"]["budget"]["id"].as_str().unwrap();
+    app.post(
+        &format!("/api/governance/budgets/{budget_id}/reset"),
+        json!({}),
+    )
+    .await;
+    let app = app.restart().await;
+    let (_, got) = app.get(&path).await;
+    assert_eq!(
+        got["virtual_key"]["budget"]["current_usage"], 0.0,
+        "a reset is persisted"
+    );
+    app.stop().await;
+}
+
+async fn migrations_are_applied_once(db: &TestDb) {
+    let app = TestApp::start(config_for(db)).await;
+    app.create("/api/governance/customers", json!({"name": "c"}))
+        .await;
+    let app = app.restart().await;
+    let app = app.restart().await;
+    assert_eq!(app.get("/api/governance/customers").await.1["count"], 1);
+    app.stop().await;
+}
