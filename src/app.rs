@@ -10,6 +10,8 @@ use tokio::net::TcpListener;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::db::{Db, DbError};
+use crate::engine::check::CheckPolicy;
+use crate::engine::dedup::Dedup;
 use crate::engine::Store;
 use crate::state::AppState;
 
@@ -69,6 +71,15 @@ impl App {
             store: Arc::new(Store::new(snapshot)),
             db,
             admin_writes: Arc::new(tokio::sync::Mutex::new(())),
+            dedup: Arc::new(Dedup::new(config.dedup_window.as_micros() as i64)),
+            policy: Arc::new(CheckPolicy {
+                require_virtual_key: config.require_virtual_key,
+                required_headers: config
+                    .required_headers
+                    .iter()
+                    .map(|h| h.to_ascii_lowercase())
+                    .collect(),
+            }),
             auth: Arc::new(auth),
             config: Arc::new(config),
         };

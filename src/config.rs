@@ -36,6 +36,10 @@ pub struct Config {
     pub required_headers: Vec<String>,
     /// Largest accepted request body, in bytes (admin and single usage requests).
     pub max_body_bytes: usize,
+    /// Most updates one `/v1/usage/batch` request may carry.
+    pub batch_max_items: usize,
+    /// Largest accepted `/v1/usage/batch` body, in bytes.
+    pub batch_max_body_bytes: usize,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive);
     /// `RUST_LOG` wins when set.
     pub log_level: String,
@@ -98,6 +102,8 @@ impl Default for Config {
             require_virtual_key: false,
             required_headers: Vec::new(),
             max_body_bytes: 1024 * 1024,
+            batch_max_items: 10_000,
+            batch_max_body_bytes: 16 * 1024 * 1024,
             log_level: "info".to_owned(),
             auth: AuthConfig::default(),
         }
@@ -278,6 +284,10 @@ mod tests {
         assert_eq!(config.ack, defaults.ack);
         assert_eq!(config.dedup_window, defaults.dedup_window);
         assert_eq!(config.max_body_bytes, defaults.max_body_bytes);
+        assert_eq!(config.batch_max_items, defaults.batch_max_items);
+        assert_eq!(config.batch_max_body_bytes, defaults.batch_max_body_bytes);
+        assert_eq!(config.required_headers, defaults.required_headers);
+        assert_eq!(config.require_virtual_key, defaults.require_virtual_key);
         assert!(config.auth.is_open());
     }
 

@@ -188,7 +188,7 @@ pub async fn load_snapshot(c: &mut Conn) -> Result<Snapshot, DbError> {
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
         };
-        s.model_configs.insert(x.id, Arc::new(x));
+        s.put_model_config(x);
     }
     for row in rows(c, "select * from users").await? {
         const T: &str = "users";

@@ -63,8 +63,34 @@ impl Counter {
         )
     }
 
-    /// Adds to the usage of the current window.
-    pub fn add(&self, amount: i64) {
+    /// Starts the window that contains `now` if the current one has ended; the usage of the
+    /// ended window is dropped. Lock-free: one thread wins the compare-and-swap on the window
+    /// end and subtracts what it read *before* winning, so increments that other threads make
+    /// in the new window meanwhile are kept.
+    pub fn roll(&self, rule: &WindowRule, now: Micros) {
+        let end = self.end.load(Ordering::Acquire);
+        if now < end {
+            return;
+        }
+        let used = self.used.load(Ordering::Acquire);
+        let start = self.start.load(Ordering::Acquire);
+        let Some(new_start) = rule.roll(start, now) else {
+            return;
+        };
+        let new_end = rule.end_of(new_start);
+        if self
+            .end
+            .compare_exchange(end, new_end, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.start.store(new_start, Ordering::Release);
+            self.used.fetch_sub(used, Ordering::AcqRel);
+        }
+    }
+
+    /// Adds to the usage of the window that contains `now`.
+    pub fn add(&self, rule: &WindowRule, now: Micros, amount: i64) {
+        self.roll(rule, now);
         self.used.fetch_add(amount, Ordering::AcqRel);
     }
 
@@ -94,9 +120,18 @@ mod tests {
     const MIN: i64 = 60_000_000;
 
     #[test]
+    fn usage_in_a_new_window_starts_from_zero() {
+        let c = Counter::new(0, 0, &minute());
+        c.add(&minute(), 10, 5);
+        c.add(&minute(), 2 * MIN + 1, 7);
+        let v = c.view(&minute(), 2 * MIN + 2);
+        assert_eq!((v.used, v.last_reset), (7, 2 * MIN));
+    }
+
+    #[test]
     fn an_expired_window_shows_zero_before_any_reset_runs() {
         let c = Counter::new(0, 0, &minute());
-        c.add(42);
+        c.add(&minute(), 0, 42);
         assert_eq!(c.view(&minute(), MIN - 1).used, 42);
         let v = c.view(&minute(), 2 * MIN + 5);
         assert_eq!(v.used, 0);

@@ -59,6 +59,11 @@ impl Budget {
         self.counter.view(&self.rule, now)
     }
 
+    /// Adds nano-dollars to the window that contains `now`.
+    pub fn add(&self, now: Micros, nanos: i64) {
+        self.counter.add(&self.rule, now, nanos);
+    }
+
     /// Makes the shared counter's window end follow this budget's (possibly new) duration.
     pub fn publish_rule(&self) {
         self.counter.set_rule(&self.rule);
@@ -156,6 +161,21 @@ impl RateLimit {
             .view(&rule_or_forever(&self.request_rule), now)
     }
 
+    /// Adds tokens to the token window that contains `now` (only when tokens are limited).
+    pub fn add_tokens(&self, now: Micros, tokens: i64) {
+        if let Some(rule) = &self.token_rule {
+            self.tokens.add(rule, now, tokens);
+        }
+    }
+
+    /// Adds requests to the request window that contains `now` (only when requests are
+    /// limited).
+    pub fn add_requests(&self, now: Micros, requests: i64) {
+        if let Some(rule) = &self.request_rule {
+            self.requests.add(rule, now, requests);
+        }
+    }
+
     /// Makes the shared counters' window ends follow this rate limit's durations.
     pub fn publish_rules(&self) {
         self.tokens.set_rule(&rule_or_forever(&self.token_rule));
@@ -229,6 +249,14 @@ pub struct VirtualKey {
     pub provider_configs: Vec<Arc<ProviderConfig>>,
     pub created_at: Micros,
     pub updated_at: Micros,
+}
+
+impl VirtualKey {
+    /// SHA-256 of a key value: what is stored, and what the hot path looks keys up by.
+    pub fn hash_value(value: &str) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(value.as_bytes()).into()
+    }
 }
 
 /// Governance of one provider across every key.

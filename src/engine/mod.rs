@@ -1,13 +1,20 @@
 //! The in-memory governance state: entities with their limits, and the usage counters that the
 //! hot path bumps. Pure and synchronous: no HTTP, no SQL, `now` passed in.
 
+pub mod check;
 pub mod counter;
+pub mod dedup;
 pub mod entities;
+pub mod level;
 pub mod store;
+pub mod usage;
 
 pub use counter::{Counter, CounterView};
 pub use entities::{
     Budget, Customer, Limits, ModelConfig, Provider, ProviderConfig, RateLimit, Team, User,
     VirtualKey,
 };
-pub use store::{Snapshot, Store};
+pub use store::{ResolvedKey, Snapshot, Store};
+
+#[cfg(test)]
+mod tests;

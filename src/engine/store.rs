@@ -1,6 +1,7 @@
 //! The in-memory state: immutable snapshots swapped atomically on every config change, so that
 //! readers never wait for writers and never see half a change. Counters are shared between
-//! snapshots, so a swap keeps all usage.
+//! snapshots, so a swap keeps all usage. Each virtual key's hierarchy is resolved here, when
+//! configuration changes, so the hot path never searches for it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,67 +13,178 @@ use super::entities::{
     Budget, Customer, Limits, ModelConfig, Provider, RateLimit, Team, User, VirtualKey,
 };
 
+/// A virtual key with the entities above it, as the hot path needs them.
+#[derive(Debug, Clone)]
+pub struct ResolvedKey {
+    pub key: Arc<VirtualKey>,
+    pub team: Option<Arc<Team>>,
+    /// The customer of the key's team.
+    pub team_customer: Option<Arc<Customer>>,
+    /// The customer the key is attached to directly (never the same as `team_customer`).
+    pub customer: Option<Arc<Customer>>,
+}
+
+/// The model configs of one model name: the one for every provider and those per provider.
+#[derive(Debug, Clone, Default)]
+pub struct ModelEntry {
+    pub global: Option<Arc<ModelConfig>>,
+    pub by_provider: HashMap<String, Arc<ModelConfig>>,
+}
+
 /// One consistent view of every governed entity.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub customers: HashMap<Uuid, Arc<Customer>>,
     pub teams: HashMap<Uuid, Arc<Team>>,
     pub virtual_keys: HashMap<Uuid, Arc<VirtualKey>>,
-    /// Virtual key id by the SHA-256 of its value: the hot path's lookup.
-    pub key_by_hash: HashMap<[u8; 32], Uuid>,
+    /// Resolved keys by the SHA-256 of their value: the hot path's lookup.
+    pub keys_by_hash: HashMap<[u8; 32], Arc<ResolvedKey>>,
     pub providers: HashMap<String, Arc<Provider>>,
     pub model_configs: HashMap<Uuid, Arc<ModelConfig>>,
+    /// Model configs by model name, then provider.
+    pub models: HashMap<String, ModelEntry>,
     pub users: HashMap<String, Arc<User>>,
 }
 
 impl Snapshot {
-    pub fn put_virtual_key(&mut self, vk: VirtualKey) {
-        if let Some(old) = self.virtual_keys.get(&vk.id) {
-            self.key_by_hash.remove(&old.value_hash);
+    fn resolve(&self, key: &Arc<VirtualKey>) -> ResolvedKey {
+        let team = key.team_id.and_then(|id| self.teams.get(&id).cloned());
+        let team_customer = team
+            .as_ref()
+            .and_then(|t| t.customer_id)
+            .and_then(|id| self.customers.get(&id).cloned());
+        let customer = key
+            .customer_id
+            .filter(|id| team_customer.as_ref().map(|c| c.id) != Some(*id))
+            .and_then(|id| self.customers.get(&id).cloned());
+        ResolvedKey {
+            key: Arc::clone(key),
+            team,
+            team_customer,
+            customer,
         }
-        self.key_by_hash.insert(vk.value_hash, vk.id);
-        self.virtual_keys.insert(vk.id, Arc::new(vk));
     }
 
-    pub fn remove_virtual_key(&mut self, id: Uuid) {
-        if let Some(old) = self.virtual_keys.remove(&id) {
-            self.key_by_hash.remove(&old.value_hash);
+    /// Re-resolves every key for which `affected` holds.
+    fn re_resolve(&mut self, affected: impl Fn(&VirtualKey, &Snapshot) -> bool) {
+        let keys: Vec<Arc<VirtualKey>> = self
+            .virtual_keys
+            .values()
+            .filter(|k| affected(k, self))
+            .cloned()
+            .collect();
+        for key in keys {
+            let resolved = Arc::new(self.resolve(&key));
+            self.keys_by_hash.insert(key.value_hash, resolved);
         }
     }
 
-    /// Removes a team; its virtual keys stay, detached from it (SPEC §5).
-    pub fn remove_team(&mut self, id: Uuid) {
-        self.teams.remove(&id);
-        self.detach_keys(|vk| vk.team_id == Some(id), |vk| vk.team_id = None);
+    pub fn put_customer(&mut self, customer: Customer) {
+        let id = customer.id;
+        self.customers.insert(id, Arc::new(customer));
+        self.re_resolve(|k, s| k.customer_id == Some(id) || s.team_customer_of(k) == Some(id));
     }
 
     /// Removes a customer; its teams and directly attached keys stay, detached from it.
     pub fn remove_customer(&mut self, id: Uuid) {
         self.customers.remove(&id);
-        let teams: Vec<Uuid> = self
-            .teams
-            .values()
-            .filter(|t| t.customer_id == Some(id))
-            .map(|t| t.id)
-            .collect();
-        for team_id in teams {
-            if let Some(team) = self.teams.get_mut(&team_id) {
+        for team in self.teams.values_mut() {
+            if team.customer_id == Some(id) {
                 Arc::make_mut(team).customer_id = None;
             }
         }
-        self.detach_keys(|vk| vk.customer_id == Some(id), |vk| vk.customer_id = None);
-    }
-
-    fn detach_keys(
-        &mut self,
-        matches: impl Fn(&VirtualKey) -> bool,
-        detach: impl Fn(&mut VirtualKey),
-    ) {
         for vk in self.virtual_keys.values_mut() {
-            if matches(vk) {
-                detach(Arc::make_mut(vk));
+            if vk.customer_id == Some(id) {
+                Arc::make_mut(vk).customer_id = None;
             }
         }
+        // Every key whose resolution named the customer, directly or through its team.
+        let stale: Vec<Arc<VirtualKey>> = self
+            .keys_by_hash
+            .values()
+            .filter(|r| {
+                r.customer.as_ref().map(|c| c.id) == Some(id)
+                    || r.team_customer.as_ref().map(|c| c.id) == Some(id)
+            })
+            .map(|r| Arc::clone(&self.virtual_keys[&r.key.id]))
+            .collect();
+        for key in stale {
+            let resolved = Arc::new(self.resolve(&key));
+            self.keys_by_hash.insert(key.value_hash, resolved);
+        }
+    }
+
+    pub fn put_team(&mut self, team: Team) {
+        let id = team.id;
+        self.teams.insert(id, Arc::new(team));
+        self.re_resolve(|k, _| k.team_id == Some(id));
+    }
+
+    /// Removes a team; its virtual keys stay, detached from it (SPEC §5).
+    pub fn remove_team(&mut self, id: Uuid) {
+        self.teams.remove(&id);
+        for vk in self.virtual_keys.values_mut() {
+            if vk.team_id == Some(id) {
+                Arc::make_mut(vk).team_id = None;
+            }
+        }
+        self.re_resolve(|k, s| {
+            s.keys_by_hash
+                .get(&k.value_hash)
+                .is_some_and(|r| r.team.as_ref().map(|t| t.id) == Some(id))
+        });
+    }
+
+    pub fn put_virtual_key(&mut self, vk: VirtualKey) {
+        if let Some(old) = self.virtual_keys.get(&vk.id) {
+            self.keys_by_hash.remove(&old.value_hash);
+        }
+        let vk = Arc::new(vk);
+        let resolved = Arc::new(self.resolve(&vk));
+        self.keys_by_hash.insert(vk.value_hash, resolved);
+        self.virtual_keys.insert(vk.id, vk);
+    }
+
+    pub fn remove_virtual_key(&mut self, id: Uuid) {
+        if let Some(old) = self.virtual_keys.remove(&id) {
+            self.keys_by_hash.remove(&old.value_hash);
+        }
+    }
+
+    pub fn put_model_config(&mut self, config: ModelConfig) {
+        self.remove_model_config(config.id);
+        let config = Arc::new(config);
+        let entry = self.models.entry(config.model_name.clone()).or_default();
+        match &config.provider {
+            Some(p) => {
+                entry.by_provider.insert(p.clone(), Arc::clone(&config));
+            }
+            None => entry.global = Some(Arc::clone(&config)),
+        }
+        self.model_configs.insert(config.id, config);
+    }
+
+    pub fn remove_model_config(&mut self, id: Uuid) {
+        let Some(old) = self.model_configs.remove(&id) else {
+            return;
+        };
+        if let Some(entry) = self.models.get_mut(&old.model_name) {
+            match &old.provider {
+                Some(p) => {
+                    entry.by_provider.remove(p);
+                }
+                None => entry.global = None,
+            }
+            if entry.global.is_none() && entry.by_provider.is_empty() {
+                self.models.remove(&old.model_name);
+            }
+        }
+    }
+
+    fn team_customer_of(&self, key: &VirtualKey) -> Option<Uuid> {
+        key.team_id
+            .and_then(|t| self.teams.get(&t))
+            .and_then(|t| t.customer_id)
     }
 
     /// Every owner's limits, for the budget and rate-limit listings.
@@ -111,9 +223,11 @@ impl Snapshot {
         model_name: &str,
         provider: Option<&str>,
     ) -> Option<&Arc<ModelConfig>> {
-        self.model_configs
-            .values()
-            .find(|m| m.model_name == model_name && m.provider.as_deref() == provider)
+        let entry = self.models.get(model_name)?;
+        match provider {
+            Some(p) => entry.by_provider.get(p),
+            None => entry.global.as_ref(),
+        }
     }
 }
 
@@ -139,6 +253,12 @@ impl Store {
         self.current.load_full()
     }
 
+    /// A guard on the current snapshot for the hot path: cheaper than `snapshot()`, to be
+    /// dropped before any `.await`.
+    pub fn guard(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
     /// Applies a change to a copy of the current snapshot and publishes it.
     pub fn update<R>(&self, change: impl FnOnce(&mut Snapshot) -> R) -> R {
         let _guard = self
@@ -161,7 +281,11 @@ mod tests {
             id: Uuid::new_v4(),
             name: "k".into(),
             description: String::new(),
-            value_hash: rand_hash(),
+            value_hash: *Uuid::new_v4()
+                .as_bytes()
+                .repeat(2)
+                .first_chunk::<32>()
+                .unwrap(),
             value_prefix: "sk-hd-abcd…".into(),
             is_active: true,
             team_id,
@@ -173,40 +297,104 @@ mod tests {
         }
     }
 
-    fn rand_hash() -> [u8; 32] {
-        *Uuid::new_v4()
-            .as_bytes()
-            .repeat(2)
-            .first_chunk::<32>()
-            .unwrap()
+    fn team(customer_id: Option<Uuid>) -> Team {
+        Team {
+            id: Uuid::new_v4(),
+            name: "t".into(),
+            customer_id,
+            limits: Limits::default(),
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    fn customer() -> Customer {
+        Customer {
+            id: Uuid::new_v4(),
+            name: "c".into(),
+            limits: Limits::default(),
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_key_resolves_its_team_and_the_teams_customer() {
+        let store = Store::default();
+        let c = customer();
+        let t = team(Some(c.id));
+        let k = key(Some(t.id), None);
+        let (cid, tid, hash) = (c.id, t.id, k.value_hash);
+        store.update(|s| {
+            s.put_customer(c);
+            s.put_team(t);
+            s.put_virtual_key(k);
+        });
+        let r = &store.snapshot().keys_by_hash[&hash];
+        assert_eq!(r.team.as_ref().unwrap().id, tid);
+        assert_eq!(r.team_customer.as_ref().unwrap().id, cid);
+        assert!(r.customer.is_none());
+    }
+
+    #[test]
+    fn a_team_change_reaches_its_keys_resolution() {
+        let store = Store::default();
+        let t = team(None);
+        let k = key(Some(t.id), None);
+        let (hash, mut t2) = (k.value_hash, t.clone());
+        store.update(|s| {
+            s.put_team(t);
+            s.put_virtual_key(k);
+        });
+        let c = customer();
+        let cid = c.id;
+        t2.customer_id = Some(cid);
+        store.update(|s| {
+            s.put_customer(c);
+            s.put_team(t2);
+        });
+        let r = &store.snapshot().keys_by_hash[&hash];
+        assert_eq!(r.team_customer.as_ref().unwrap().id, cid);
     }
 
     #[test]
     fn deleting_a_customer_detaches_its_teams_and_keys() {
         let store = Store::default();
-        let customer = Uuid::new_v4();
-        let team = Team {
-            id: Uuid::new_v4(),
-            name: "t".into(),
-            customer_id: Some(customer),
-            limits: Limits::default(),
-            created_at: 0,
-            updated_at: 0,
-        };
-        let team_id = team.id;
-        let direct = key(None, Some(customer));
-        let direct_id = direct.id;
+        let c = customer();
+        let t = team(Some(c.id));
+        let direct = key(None, Some(c.id));
+        let via_team = key(Some(t.id), None);
+        let (cid, tid, direct_id) = (c.id, t.id, direct.id);
+        let (h1, h2) = (direct.value_hash, via_team.value_hash);
         store.update(|s| {
-            s.teams.insert(team.id, Arc::new(team));
+            s.put_customer(c);
+            s.put_team(t);
             s.put_virtual_key(direct);
+            s.put_virtual_key(via_team);
         });
         let before = store.snapshot();
-        store.update(|s| s.remove_customer(customer));
+        store.update(|s| s.remove_customer(cid));
         let after = store.snapshot();
-        assert_eq!(after.teams[&team_id].customer_id, None);
+        assert_eq!(after.teams[&tid].customer_id, None);
         assert_eq!(after.virtual_keys[&direct_id].customer_id, None);
+        assert!(after.keys_by_hash[&h1].customer.is_none());
+        assert!(after.keys_by_hash[&h2].team_customer.is_none());
         // A reader holding the old snapshot still sees it whole.
-        assert_eq!(before.teams[&team_id].customer_id, Some(customer));
+        assert_eq!(before.teams[&tid].customer_id, Some(cid));
+    }
+
+    #[test]
+    fn deleting_a_team_leaves_its_keys_without_it() {
+        let store = Store::default();
+        let t = team(None);
+        let k = key(Some(t.id), None);
+        let (tid, hash) = (t.id, k.value_hash);
+        store.update(|s| {
+            s.put_team(t);
+            s.put_virtual_key(k);
+        });
+        store.update(|s| s.remove_team(tid));
+        assert!(store.snapshot().keys_by_hash[&hash].team.is_none());
     }
 
     #[test]
@@ -215,8 +403,8 @@ mod tests {
         let vk = key(None, None);
         let (id, hash) = (vk.id, vk.value_hash);
         store.update(|s| s.put_virtual_key(vk));
-        assert_eq!(store.snapshot().key_by_hash.get(&hash), Some(&id));
+        assert_eq!(store.snapshot().keys_by_hash[&hash].key.id, id);
         store.update(|s| s.remove_virtual_key(id));
-        assert!(store.snapshot().key_by_hash.is_empty());
+        assert!(store.snapshot().keys_by_hash.is_empty());
     }
 }

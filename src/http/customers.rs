@@ -180,7 +180,7 @@ pub async fn create_customer(
     tx.commit().await?;
     let view = state.store.update(|s| {
         let view = CustomerView::new(&customer, s, now);
-        s.customers.insert(customer.id, Arc::new(customer));
+        s.put_customer(customer);
         view
     });
     Ok(ApiJson(CustomerMessage {
@@ -252,7 +252,7 @@ pub async fn update_customer(
     changes.publish();
     let view = state.store.update(|s| {
         let view = CustomerView::new(&customer, s, now);
-        s.customers.insert(customer.id, Arc::new(customer));
+        s.put_customer(customer);
         view
     });
     Ok(ApiJson(CustomerMessage {

@@ -15,6 +15,9 @@ use crate::domain::LimitError;
 pub enum ApiError {
     #[error("{0}")]
     InvalidRequest(String),
+    /// A batch with invalid items: nothing was applied.
+    #[error("{0}")]
+    InvalidItems(String, Vec<ItemError>),
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -49,6 +52,16 @@ pub struct ErrorDetail {
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub message: String,
+    /// Per-item errors of a rejected batch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<Vec<ItemError>>,
+}
+
+/// What is wrong with one item of a batch.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ItemError {
+    pub index: usize,
+    pub message: String,
 }
 
 impl ApiError {
@@ -58,7 +71,9 @@ impl ApiError {
 
     fn status_and_kind(&self) -> (StatusCode, &'static str) {
         match self {
-            ApiError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            ApiError::InvalidRequest(_) | ApiError::InvalidItems(..) => {
+                (StatusCode::BAD_REQUEST, "invalid_request")
+            }
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
@@ -80,11 +95,17 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(detail) = &self {
             tracing::error!(error = %detail, "request failed");
         }
+        let message = self.to_string();
+        let details = match self {
+            ApiError::InvalidItems(_, items) => Some(items),
+            _ => None,
+        };
         let body = ErrorBody {
             status_code: status.as_u16(),
             error: ErrorDetail {
                 kind,
-                message: self.to_string(),
+                message,
+                details,
             },
         };
         (status, Json(body)).into_response()

@@ -2,6 +2,7 @@
 //! this module composes them and adds the layers (tracing, body limit, auth, fallbacks).
 
 pub mod budgets;
+pub mod check;
 pub mod customers;
 pub mod error;
 pub mod extract;
@@ -11,6 +12,7 @@ pub mod model_configs;
 pub mod page;
 pub mod providers;
 pub mod teams;
+pub mod usage;
 pub mod users;
 pub mod virtual_keys;
 
@@ -36,6 +38,7 @@ use crate::state::AppState;
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     tags(
+        (name = "gateway", description = "Gateway API: checks before, usage after each LLM call"),
         (name = "governance", description = "Admin API (Bifrost-compatible)"),
         (name = "operations", description = "Health, readiness, API description")
     )
@@ -55,9 +58,11 @@ impl Modify for BearerAuth {
     }
 }
 
-fn api_router() -> OpenApiRouter<AppState> {
+fn api_router(batch_max_body_bytes: usize) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(health::router())
+        .merge(check::router())
+        .merge(usage::router(batch_max_body_bytes))
         .merge(customers::router())
         .merge(teams::router())
         .merge(virtual_keys::router())
@@ -69,12 +74,12 @@ fn api_router() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document, as served at `/openapi.json` and printed by `heimdall openapi`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_router().split_for_parts().1
+    api_router(0).split_for_parts().1
 }
 
 /// The whole application router.
 pub fn router(state: AppState) -> Router {
-    let (api, doc) = api_router().split_for_parts();
+    let (api, doc) = api_router(state.config.batch_max_body_bytes).split_for_parts();
     let max_body = state.config.max_body_bytes;
     api.merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
         .fallback(error::not_found_fallback)

@@ -1,8 +1,6 @@
 //! `/api/governance/model-configs`: budgets and rate limits of a model, on one provider or on
 //! every provider.
 
-use std::sync::Arc;
-
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -131,9 +129,7 @@ async fn save(
     tx.commit().await?;
     changes.publish();
     let view = ModelConfigView::new(&config, config.updated_at);
-    state
-        .store
-        .update(|s| s.model_configs.insert(config.id, Arc::new(config)));
+    state.store.update(|s| s.put_model_config(config));
     Ok(view)
 }
 
@@ -303,7 +299,7 @@ pub async fn delete_model_config(
     db::delete_model_config(&mut tx, key).await?;
     changes.write_deletes(&mut tx).await?;
     tx.commit().await?;
-    state.store.update(|s| s.model_configs.remove(&key));
+    state.store.update(|s| s.remove_model_config(key));
     Ok(ApiJson(Message {
         message: "Model config deleted successfully".to_owned(),
     }))

@@ -200,9 +200,7 @@ pub async fn create_team(
 impl TeamView {
     /// Publishes `team` and returns its view.
     fn and_insert(self, state: &AppState, team: Team) -> Self {
-        state
-            .store
-            .update(|s| s.teams.insert(team.id, Arc::new(team)));
+        state.store.update(|s| s.put_team(team));
         self
     }
 }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use axum::extract::State;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -193,11 +192,6 @@ pub struct VirtualKeyResponse {
 pub struct VirtualKeyMessage {
     pub message: String,
     pub virtual_key: VirtualKeyView,
-}
-
-/// SHA-256 of a key value: what is stored and looked up.
-pub fn hash_value(value: &str) -> [u8; 32] {
-    Sha256::digest(value.as_bytes()).into()
 }
 
 fn generate_value() -> String {
@@ -449,8 +443,8 @@ pub async fn create_virtual_key(
         .map(|c| customer_ref(&s, c))
         .transpose()?;
     check_name_free(&s, &name, None)?;
-    let value_hash = hash_value(&value);
-    if s.key_by_hash.contains_key(&value_hash) {
+    let value_hash = VirtualKey::hash_value(&value);
+    if s.keys_by_hash.contains_key(&value_hash) {
         return Err(ApiError::Conflict(
             "a virtual key with this value already exists".to_owned(),
         ));

@@ -1,0 +1,444 @@
+//! The check (SPEC §3): may this request go out? Visits the limits in the reference order —
+//! required headers, mandatory key, provider and model limits, user, then the key's own
+//! gates and its rate-limit and budget hierarchies — and reports every limit it evaluated.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::entities::{Budget, Limits, ProviderConfig, RateLimit, VirtualKey};
+use super::level::{Level, LimitKind};
+use super::store::{ResolvedKey, Snapshot};
+use crate::domain::{Micros, Money};
+
+/// What a gateway asks about.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CheckInput<'a> {
+    pub virtual_key: Option<&'a str>,
+    pub provider: &'a str,
+    pub model: &'a str,
+    pub user_id: Option<&'a str>,
+    pub request_type: Option<&'a str>,
+}
+
+/// Check settings from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct CheckPolicy {
+    pub require_virtual_key: bool,
+    /// Lower-case header names every check must carry.
+    pub required_headers: Vec<String>,
+}
+
+/// The outcome type, with its HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    MissingRequiredHeaders,
+    VirtualKeyRequired,
+    VirtualKeyNotFound,
+    VirtualKeyBlocked,
+    ProviderBlocked,
+    ModelBlocked,
+    RateLimited,
+    TokenLimited,
+    RequestLimited,
+    BudgetExceeded,
+}
+
+impl Verdict {
+    pub fn code(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::MissingRequiredHeaders => "missing_required_headers",
+            Verdict::VirtualKeyRequired => "virtual_key_required",
+            Verdict::VirtualKeyNotFound => "virtual_key_not_found",
+            Verdict::VirtualKeyBlocked => "virtual_key_blocked",
+            Verdict::ProviderBlocked => "provider_blocked",
+            Verdict::ModelBlocked => "model_blocked",
+            Verdict::RateLimited => "rate_limited",
+            Verdict::TokenLimited => "token_limited",
+            Verdict::RequestLimited => "request_limited",
+            Verdict::BudgetExceeded => "budget_exceeded",
+        }
+    }
+
+    pub fn status(self) -> u16 {
+        match self {
+            Verdict::Allow => 200,
+            Verdict::MissingRequiredHeaders => 400,
+            Verdict::VirtualKeyRequired => 401,
+            Verdict::BudgetExceeded => 402,
+            Verdict::VirtualKeyNotFound
+            | Verdict::VirtualKeyBlocked
+            | Verdict::ProviderBlocked
+            | Verdict::ModelBlocked => 403,
+            Verdict::RateLimited | Verdict::TokenLimited | Verdict::RequestLimited => 429,
+        }
+    }
+}
+
+/// The id of the entity a limit belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntityRef<'a> {
+    Id(Uuid),
+    Name(&'a str),
+}
+
+/// One limit the check evaluated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitCheck<'a> {
+    pub level: Level,
+    pub id: EntityRef<'a>,
+    pub kind: LimitKind,
+    /// Nano-dollars for budgets, tokens or requests otherwise.
+    pub used: i64,
+    pub max: i64,
+    pub resets_at: Micros,
+    pub exceeded: bool,
+}
+
+/// The answer to a check.
+#[derive(Debug, Clone)]
+pub struct Decision<'a> {
+    pub verdict: Verdict,
+    pub message: Cow<'static, str>,
+    pub key: Option<&'a Arc<ResolvedKey>>,
+    /// The key ids the first provider config of the request's provider restricts to.
+    pub include_only_key_ids: &'a [String],
+    pub checks: Vec<LimitCheck<'a>>,
+    /// When the blocking window ends (429 and 402).
+    pub retry_at: Option<Micros>,
+}
+
+/// Request types that carry no model, so the model filter does not apply.
+const MODELLESS_REQUEST_TYPES: &[&str] = &["list_models", "mcp_tool_execution"];
+
+struct Evaluator<'a> {
+    now: Micros,
+    checks: Vec<LimitCheck<'a>>,
+    failure: Option<(Verdict, Cow<'static, str>, Option<Micros>)>,
+}
+
+impl<'a> Evaluator<'a> {
+    fn fail(&mut self, verdict: Verdict, message: String, retry_at: Option<Micros>) {
+        if self.failure.is_none() {
+            self.failure = Some((verdict, Cow::Owned(message), retry_at));
+        }
+    }
+
+    fn rate_limit(&mut self, level: Level, id: EntityRef<'a>, rl: &RateLimit) {
+        let mut tokens = None;
+        let mut requests = None;
+        if let Some(max) = rl.spec.tokens.max {
+            let v = rl.token_view(self.now);
+            let exceeded = v.used >= max;
+            self.push(
+                level,
+                id,
+                LimitKind::Tokens,
+                v.used,
+                max,
+                v.resets_at,
+                exceeded,
+            );
+            tokens = exceeded.then_some((v.used, max, v.resets_at));
+        }
+        if let Some(max) = rl.spec.requests.max {
+            let v = rl.request_view(self.now);
+            let exceeded = v.used >= max;
+            self.push(
+                level,
+                id,
+                LimitKind::Requests,
+                v.used,
+                max,
+                v.resets_at,
+                exceeded,
+            );
+            requests = exceeded.then_some((v.used, max, v.resets_at));
+        }
+        let label = level.label();
+        match (tokens, requests) {
+            (None, None) => {}
+            (Some((u, m, at)), None) => self.fail(
+                Verdict::TokenLimited,
+                format!("Rate limit exceeded: {label} token limit exceeded: {u} >= {m} tokens"),
+                Some(at),
+            ),
+            (None, Some((u, m, at))) => self.fail(
+                Verdict::RequestLimited,
+                format!("Rate limit exceeded: {label} request limit exceeded: {u} >= {m} requests"),
+                Some(at),
+            ),
+            (Some((tu, tm, ta)), Some((ru, rm, ra))) => self.fail(
+                Verdict::RateLimited,
+                format!(
+                    "Rate limit exceeded: {label} token and request limits exceeded: \
+                     {tu} >= {tm} tokens, {ru} >= {rm} requests"
+                ),
+                Some(ta.max(ra)),
+            ),
+        }
+    }
+
+    fn budget(&mut self, level: Level, id: EntityRef<'a>, b: &Budget) {
+        let v = b.view(self.now);
+        let max = b.spec.max.nanos();
+        let exceeded = v.used >= max;
+        self.push(
+            level,
+            id,
+            LimitKind::Budget,
+            v.used,
+            max,
+            v.resets_at,
+            exceeded,
+        );
+        if exceeded {
+            self.fail(
+                Verdict::BudgetExceeded,
+                format!(
+                    "Budget exceeded: {} budget exceeded: {} >= {} dollars",
+                    level.label(),
+                    Money::from_nanos(v.used),
+                    b.spec.max
+                ),
+                Some(v.resets_at),
+            );
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        level: Level,
+        id: EntityRef<'a>,
+        kind: LimitKind,
+        used: i64,
+        max: i64,
+        resets_at: Micros,
+        exceeded: bool,
+    ) {
+        self.checks.push(LimitCheck {
+            level,
+            id,
+            kind,
+            used,
+            max,
+            resets_at,
+            exceeded,
+        });
+    }
+
+    fn rate_limit_of(&mut self, level: Level, id: EntityRef<'a>, limits: &'a Limits) {
+        if let Some(rl) = &limits.rate_limit {
+            self.rate_limit(level, id, rl);
+        }
+    }
+
+    fn budget_of(&mut self, level: Level, id: EntityRef<'a>, limits: &'a Limits) {
+        if let Some(b) = &limits.budget {
+            self.budget(level, id, b);
+        }
+    }
+}
+
+/// The levels of a key's hierarchy for a provider, in order: its provider configs for that
+/// provider, the key, its team, the team's customer, the key's own customer.
+pub fn hierarchy<'a>(
+    key: &'a ResolvedKey,
+    provider: &'a str,
+) -> impl Iterator<Item = (Level, EntityRef<'a>, &'a Limits)> {
+    let configs = key
+        .key
+        .provider_configs
+        .iter()
+        .filter(move |pc| !provider.is_empty() && pc.provider == provider)
+        .map(|pc| (Level::ProviderConfig, EntityRef::Id(pc.id), &pc.limits));
+    let vk: &VirtualKey = &key.key;
+    configs
+        .chain(std::iter::once((
+            Level::VirtualKey,
+            EntityRef::Id(vk.id),
+            &vk.limits,
+        )))
+        .chain(
+            key.team
+                .iter()
+                .map(|t| (Level::Team, EntityRef::Id(t.id), &t.limits)),
+        )
+        .chain(
+            key.team_customer
+                .iter()
+                .chain(key.customer.iter())
+                .map(|c| (Level::Customer, EntityRef::Id(c.id), &c.limits)),
+        )
+}
+
+/// The model configs that govern `model` on `provider`: the provider-specific one, then the
+/// global one.
+pub fn model_configs<'a>(
+    s: &'a Snapshot,
+    model: &'a str,
+    provider: &'a str,
+) -> impl Iterator<Item = (EntityRef<'a>, &'a Limits)> {
+    let entry = if model.is_empty() {
+        None
+    } else {
+        s.models.get(model)
+    };
+    let specific = entry.and_then(|e| {
+        if provider.is_empty() {
+            None
+        } else {
+            e.by_provider.get(provider)
+        }
+    });
+    specific
+        .into_iter()
+        .chain(entry.and_then(|e| e.global.as_ref()))
+        .map(|m| (EntityRef::Id(m.id), &m.limits))
+}
+
+/// Runs a check against one snapshot.
+pub fn check<'a>(
+    s: &'a Snapshot,
+    policy: &CheckPolicy,
+    input: &CheckInput<'a>,
+    header_names: &[&str],
+    now: Micros,
+) -> Decision<'a> {
+    let key = input
+        .virtual_key
+        .filter(|v| !v.is_empty())
+        .map(|v| s.keys_by_hash.get(&VirtualKey::hash_value(v)));
+    let resolved = key.flatten();
+    let decision = |verdict, message: String, checks| Decision {
+        verdict,
+        message: Cow::Owned(message),
+        key: resolved,
+        include_only_key_ids: &[],
+        checks,
+        retry_at: None,
+    };
+
+    // 1. Required headers.
+    let missing: Vec<&str> = policy
+        .required_headers
+        .iter()
+        .filter(|h| !header_names.iter().any(|n| n.eq_ignore_ascii_case(h)))
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        return decision(
+            Verdict::MissingRequiredHeaders,
+            format!("Missing required headers: {}", missing.join(", ")),
+            Vec::new(),
+        );
+    }
+    // 2. Mandatory virtual key.
+    let user_id = input.user_id.filter(|u| !u.is_empty());
+    if policy.require_virtual_key && resolved.is_none() && user_id.is_none() {
+        return decision(
+            Verdict::VirtualKeyRequired,
+            "Virtual key required: send a known virtual_key (or a user_id)".to_owned(),
+            Vec::new(),
+        );
+    }
+
+    let mut ev = Evaluator {
+        now,
+        checks: Vec::with_capacity(8),
+        failure: None,
+    };
+    // 3. Provider and model limits, with or without a key.
+    let (provider, model) = (input.provider, input.model);
+    if let Some(p) = (!provider.is_empty())
+        .then(|| s.providers.get(provider))
+        .flatten()
+    {
+        ev.rate_limit_of(Level::Provider, EntityRef::Name(&p.name), &p.limits);
+        ev.budget_of(Level::Provider, EntityRef::Name(&p.name), &p.limits);
+    }
+    for (id, limits) in model_configs(s, model, provider) {
+        ev.rate_limit_of(Level::Model, id, limits);
+    }
+    for (id, limits) in model_configs(s, model, provider) {
+        ev.budget_of(Level::Model, id, limits);
+    }
+    // 4. User.
+    if let Some(u) = user_id.and_then(|u| s.users.get(u)) {
+        ev.rate_limit_of(Level::User, EntityRef::Name(&u.user_id), &u.limits);
+        ev.budget_of(Level::User, EntityRef::Name(&u.user_id), &u.limits);
+    }
+    // 5. The virtual key.
+    let mut include_only_key_ids: &[String] = &[];
+    if let Some(found) = key {
+        match found {
+            None => ev.fail(
+                Verdict::VirtualKeyNotFound,
+                "Virtual key not found".to_owned(),
+                None,
+            ),
+            Some(r) if !r.key.is_active => ev.fail(
+                Verdict::VirtualKeyBlocked,
+                "Virtual key is blocked (inactive)".to_owned(),
+                None,
+            ),
+            Some(r) => {
+                let first: Option<&ProviderConfig> = r
+                    .key
+                    .provider_configs
+                    .iter()
+                    .find(|pc| pc.provider == provider)
+                    .map(Arc::as_ref);
+                let request_has_model = !model.is_empty()
+                    && !input
+                        .request_type
+                        .is_some_and(|t| MODELLESS_REQUEST_TYPES.contains(&t));
+                if !provider.is_empty() && !r.key.provider_configs.is_empty() && first.is_none() {
+                    ev.fail(
+                        Verdict::ProviderBlocked,
+                        format!("Provider '{provider}' is not allowed for this virtual key"),
+                        None,
+                    );
+                } else if let Some(pc) = first.filter(|pc| {
+                    request_has_model
+                        && !pc.allowed_models.is_empty()
+                        && !pc.allowed_models.iter().any(|m| m == model)
+                }) {
+                    ev.fail(
+                        Verdict::ModelBlocked,
+                        format!(
+                            "Model '{model}' is not allowed for this virtual key on provider '{}'",
+                            pc.provider
+                        ),
+                        None,
+                    );
+                }
+                if let Some(pc) = first {
+                    include_only_key_ids = &pc.key_ids;
+                }
+                for (level, id, limits) in hierarchy(r, provider) {
+                    ev.rate_limit_of(level, id, limits);
+                }
+                for (level, id, limits) in hierarchy(r, provider) {
+                    ev.budget_of(level, id, limits);
+                }
+            }
+        }
+    }
+
+    let (verdict, message, retry_at) =
+        ev.failure
+            .unwrap_or((Verdict::Allow, Cow::Borrowed("Request allowed"), None));
+    Decision {
+        verdict,
+        message,
+        key: resolved,
+        include_only_key_ids,
+        checks: ev.checks,
+        retry_at,
+    }
+}

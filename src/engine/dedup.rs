@@ -1,0 +1,152 @@
+//! Idempotency of usage updates [ext]: the keys `(request_id, attempt, phase)` seen within the
+//! dedup window, in sharded maps so that concurrent updates rarely share a lock.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
+
+use crate::domain::Micros;
+
+const SHARDS: usize = 64;
+
+/// A 128-bit digest of an idempotency key: fixed-size whatever the request id's length.
+pub type DedupKey = u128;
+
+/// Which part of a request an update reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// A non-streaming update, or a stream's final chunk.
+    Final,
+    /// A non-final streaming chunk that carries its index.
+    Chunk(u64),
+}
+
+/// The digest of `(request_id, attempt, phase)`.
+pub fn dedup_key(request_id: &str, attempt: u64, phase: Phase) -> DedupKey {
+    let mut h = Sha256::new();
+    h.update((request_id.len() as u64).to_le_bytes());
+    h.update(request_id.as_bytes());
+    h.update(attempt.to_le_bytes());
+    match phase {
+        Phase::Final => h.update([0u8]),
+        Phase::Chunk(i) => {
+            h.update([1u8]);
+            h.update(i.to_le_bytes());
+        }
+    }
+    let digest = h.finalize();
+    u128::from_le_bytes(digest[..16].try_into().expect("16 bytes"))
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    /// Key → instant it expires.
+    seen: HashMap<DedupKey, Micros>,
+    /// Sweep expired keys once the map grows past this.
+    sweep_at: usize,
+}
+
+/// The keys seen recently.
+#[derive(Debug)]
+pub struct Dedup {
+    shards: Box<[Mutex<Shard>]>,
+    window: Micros,
+}
+
+impl Dedup {
+    pub fn new(window: Micros) -> Self {
+        Dedup {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            window,
+        }
+    }
+
+    fn shard(&self, key: DedupKey) -> std::sync::MutexGuard<'_, Shard> {
+        self.shards[(key as usize) % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records `key` at `now`; false when it was already seen within the window (a duplicate).
+    pub fn first_time(&self, key: DedupKey, now: Micros) -> bool {
+        let mut shard = self.shard(key);
+        if let Some(&expires) = shard.seen.get(&key) {
+            if now < expires {
+                return false;
+            }
+        }
+        shard.seen.insert(key, now.saturating_add(self.window));
+        if shard.seen.len() > shard.sweep_at {
+            shard.seen.retain(|_, expires| now < *expires);
+            shard.sweep_at = (shard.seen.len() * 2).max(1024);
+        }
+        true
+    }
+
+    /// Forgets a key (an update that was recorded but then rejected as a whole).
+    pub fn forget(&self, key: DedupKey) {
+        self.shard(key).seen.remove(&key);
+    }
+
+    /// Drops every expired key.
+    pub fn purge(&self, now: Micros) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            shard.seen.retain(|_, expires| now < *expires);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).seen.len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeat_within_the_window_is_a_duplicate() {
+        let d = Dedup::new(100);
+        let k = dedup_key("req-1", 0, Phase::Final);
+        assert!(d.first_time(k, 0));
+        assert!(!d.first_time(k, 99));
+        assert!(
+            d.first_time(k, 100),
+            "after the window the key is new again"
+        );
+    }
+
+    #[test]
+    fn attempts_and_phases_are_distinct_keys() {
+        let keys = [
+            dedup_key("req-1", 0, Phase::Final),
+            dedup_key("req-1", 1, Phase::Final),
+            dedup_key("req-1", 0, Phase::Chunk(0)),
+            dedup_key("req-1", 0, Phase::Chunk(1)),
+            dedup_key("req-2", 0, Phase::Final),
+        ];
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn purge_drops_expired_keys_only() {
+        let d = Dedup::new(10);
+        d.first_time(1, 0);
+        d.first_time(2, 5);
+        d.purge(12);
+        assert_eq!(d.len(), 1);
+    }
+}

@@ -1,0 +1,635 @@
+//! Engine tests with the reference system's numbers: checks, usage, hierarchies, windows,
+//! and the invariants (no increment lost, every level charged, resets restore capacity).
+
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use uuid::Uuid;
+
+use super::check::{check, CheckInput, CheckPolicy, Verdict};
+use super::entities::{
+    Budget, Customer, Limits, ModelConfig, Provider, ProviderConfig, RateLimit, Team, User,
+    VirtualKey,
+};
+use super::level::{Level, LimitKind};
+use super::store::{Snapshot, Store};
+use super::usage::{apply, UsageEvent};
+use crate::domain::{BudgetSpec, Micros, Money, RateLimitSpec};
+
+const NOW: Micros = 1_800_000_000_000_000;
+const MINUTE: Micros = 60_000_000;
+
+fn budget(max: f64, duration: &str) -> Arc<Budget> {
+    let spec = BudgetSpec::new(max, duration, false, None).unwrap();
+    Arc::new(Budget::new(Uuid::new_v4(), spec, 0, NOW, NOW, NOW))
+}
+
+fn rate(tokens: Option<i64>, requests: Option<i64>, duration: &str) -> Arc<RateLimit> {
+    let spec = RateLimitSpec::new(
+        tokens,
+        tokens.map(|_| duration),
+        requests,
+        requests.map(|_| duration),
+    )
+    .unwrap();
+    Arc::new(RateLimit::new(
+        Uuid::new_v4(),
+        spec,
+        (0, NOW),
+        (0, NOW),
+        NOW,
+        NOW,
+    ))
+}
+
+fn limits(budget: Option<Arc<Budget>>, rate_limit: Option<Arc<RateLimit>>) -> Limits {
+    Limits { budget, rate_limit }
+}
+
+fn key(value: &str, limits: Limits) -> VirtualKey {
+    VirtualKey {
+        id: Uuid::new_v4(),
+        name: value.to_owned(),
+        description: String::new(),
+        value_hash: VirtualKey::hash_value(value),
+        value_prefix: String::new(),
+        is_active: true,
+        team_id: None,
+        customer_id: None,
+        limits,
+        provider_configs: Vec::new(),
+        created_at: NOW,
+        updated_at: NOW,
+    }
+}
+
+fn team(limits: Limits, customer_id: Option<Uuid>) -> Team {
+    Team {
+        id: Uuid::new_v4(),
+        name: "team".into(),
+        customer_id,
+        limits,
+        created_at: NOW,
+        updated_at: NOW,
+    }
+}
+
+fn customer(limits: Limits) -> Customer {
+    Customer {
+        id: Uuid::new_v4(),
+        name: "customer".into(),
+        limits,
+        created_at: NOW,
+        updated_at: NOW,
+    }
+}
+
+fn pc(provider: &str, allowed: &[&str], limits: Limits) -> Arc<ProviderConfig> {
+    Arc::new(ProviderConfig {
+        id: Uuid::new_v4(),
+        provider: provider.to_owned(),
+        weight: 1.0,
+        allowed_models: allowed.iter().map(|m| m.to_string()).collect(),
+        key_ids: vec!["key-a".into()],
+        limits,
+    })
+}
+
+fn model_config(model: &str, provider: Option<&str>, limits: Limits) -> ModelConfig {
+    ModelConfig {
+        id: Uuid::new_v4(),
+        model_name: model.to_owned(),
+        provider: provider.map(str::to_owned),
+        limits,
+        created_at: NOW,
+        updated_at: NOW,
+    }
+}
+
+fn with_key(vk: VirtualKey) -> Snapshot {
+    let mut s = Snapshot::default();
+    s.put_virtual_key(vk);
+    s
+}
+
+fn ask<'a>(s: &'a Snapshot, value: &'a str) -> super::check::Decision<'a> {
+    let input = CheckInput {
+        virtual_key: Some(value),
+        provider: "openai",
+        model: "gpt-4o",
+        ..CheckInput::default()
+    };
+    check(s, &CheckPolicy::default(), &input, &[], NOW)
+}
+
+fn usage(value: &str, tokens: i64, cost: f64) -> UsageEvent<'_> {
+    UsageEvent {
+        virtual_key: Some(value),
+        provider: "openai",
+        model: "gpt-4o",
+        success: true,
+        tokens,
+        cost: Money::from_usd(cost).unwrap(),
+        ..UsageEvent::default()
+    }
+}
+
+#[test]
+fn a_budget_at_its_limit_blocks_and_just_below_allows() {
+    let b = budget(100.0, "1h");
+    let s = with_key(key("sk", limits(Some(b.clone()), None)));
+    b.add(NOW, Money::from_usd(99.99).unwrap().nanos());
+    assert_eq!(ask(&s, "sk").verdict, Verdict::Allow);
+    b.add(NOW, Money::from_usd(0.01).unwrap().nanos());
+    let d = ask(&s, "sk");
+    assert_eq!(d.verdict, Verdict::BudgetExceeded);
+    assert_eq!(d.verdict.status(), 402);
+    assert_eq!(
+        d.message,
+        "Budget exceeded: VK budget exceeded: 100.0000 >= 100.0000 dollars"
+    );
+    assert_eq!(d.retry_at, Some(NOW + 60 * MINUTE));
+}
+
+#[test]
+fn tokens_at_their_limit_are_token_limited() {
+    let r = rate(Some(10_000), Some(100), "1h");
+    let s = with_key(key("sk", limits(None, Some(r.clone()))));
+    r.add_tokens(NOW, 10_000);
+    let d = ask(&s, "sk");
+    assert_eq!(d.verdict, Verdict::TokenLimited);
+    assert_eq!(d.verdict.status(), 429);
+}
+
+#[test]
+fn requests_at_their_limit_are_request_limited() {
+    let r = rate(Some(10_000), Some(100), "1h");
+    let s = with_key(key("sk", limits(None, Some(r.clone()))));
+    r.add_requests(NOW, 100);
+    assert_eq!(ask(&s, "sk").verdict, Verdict::RequestLimited);
+}
+
+#[test]
+fn tokens_and_requests_at_their_limits_are_rate_limited() {
+    let r = rate(Some(10_000), Some(100), "1h");
+    let s = with_key(key("sk", limits(None, Some(r.clone()))));
+    r.add_tokens(NOW, 10_000);
+    r.add_requests(NOW, 100);
+    assert_eq!(ask(&s, "sk").verdict, Verdict::RateLimited);
+}
+
+#[test]
+fn an_expired_window_allows_again() {
+    let spec = RateLimitSpec::new(Some(10_000), Some("1m"), None, None).unwrap();
+    let started = NOW - 2 * MINUTE;
+    let r = Arc::new(RateLimit::new(
+        Uuid::new_v4(),
+        spec,
+        (10_000, started),
+        (0, started),
+        started,
+        started,
+    ));
+    let s = with_key(key("sk", limits(None, Some(r))));
+    let d = ask(&s, "sk");
+    assert_eq!(d.verdict, Verdict::Allow);
+    assert_eq!(d.checks[0].used, 0);
+}
+
+fn three_levels(vk_used: f64) -> (Snapshot, [Arc<Budget>; 3]) {
+    let (bk, bt, bc) = (
+        budget(100.0, "1d"),
+        budget(500.0, "1d"),
+        budget(1000.0, "1d"),
+    );
+    let c = customer(limits(Some(bc.clone()), None));
+    let t = team(limits(Some(bt.clone()), None), Some(c.id));
+    let mut k = key("sk", limits(Some(bk.clone()), None));
+    k.team_id = Some(t.id);
+    let mut s = Snapshot::default();
+    s.put_customer(c);
+    s.put_team(t);
+    s.put_virtual_key(k);
+    bk.add(NOW, Money::from_usd(vk_used).unwrap().nanos());
+    bt.add(NOW, Money::from_usd(200.0).unwrap().nanos());
+    bc.add(NOW, Money::from_usd(400.0).unwrap().nanos());
+    (s, [bk, bt, bc])
+}
+
+#[test]
+fn a_hierarchy_under_its_limits_allows_and_lists_every_level() {
+    let (s, _) = three_levels(50.0);
+    let d = ask(&s, "sk");
+    assert_eq!(d.verdict, Verdict::Allow);
+    let levels: Vec<_> = d.checks.iter().map(|c| c.level).collect();
+    assert_eq!(
+        levels,
+        vec![Level::VirtualKey, Level::Team, Level::Customer]
+    );
+    assert!(d
+        .checks
+        .iter()
+        .all(|c| c.kind == LimitKind::Budget && !c.exceeded));
+}
+
+#[test]
+fn a_key_at_its_budget_blocks_under_a_roomy_hierarchy() {
+    let (s, _) = three_levels(100.0);
+    let d = ask(&s, "sk");
+    assert_eq!(d.verdict, Verdict::BudgetExceeded);
+    assert!(d.checks[0].exceeded && !d.checks[1].exceeded);
+}
+
+#[test]
+fn a_team_at_its_budget_blocks_its_keys() {
+    let (s, [_, bt, _]) = three_levels(10.0);
+    bt.add(NOW, Money::from_usd(300.0).unwrap().nanos());
+    let d = ask(&s, "sk");
+    assert_eq!(d.verdict, Verdict::BudgetExceeded);
+    assert!(d
+        .message
+        .starts_with("Budget exceeded: Team budget exceeded"));
+}
+
+#[test]
+fn a_failed_request_charges_nothing() {
+    let (s, [bk, bt, bc]) = three_levels(0.0);
+    let before = [bk.view(NOW).used, bt.view(NOW).used, bc.view(NOW).used];
+    let mut e = usage("sk", 100, 1.0);
+    e.success = false;
+    apply(&s, &e, NOW);
+    assert_eq!(
+        [bk.view(NOW).used, bt.view(NOW).used, bc.view(NOW).used],
+        before
+    );
+}
+
+#[test]
+fn a_streaming_chunk_counts_tokens_and_the_final_chunk_the_request_and_cost() {
+    let r = rate(Some(1_000_000), Some(1000), "1h");
+    let b = budget(100.0, "1h");
+    let s = with_key(key("sk", limits(Some(b.clone()), Some(r.clone()))));
+    let mut chunk = usage("sk", 50, 0.0);
+    chunk.is_streaming = true;
+    chunk.has_usage_data = true;
+    apply(&s, &chunk, NOW);
+    assert_eq!(r.token_view(NOW).used, 50);
+    assert_eq!(r.request_view(NOW).used, 0);
+    let mut last = usage("sk", 0, 0.25);
+    last.is_streaming = true;
+    last.is_final_chunk = true;
+    last.has_usage_data = true;
+    apply(&s, &last, NOW);
+    assert_eq!(r.request_view(NOW).used, 1);
+    assert_eq!(b.view(NOW).used, Money::from_usd(0.25).unwrap().nanos());
+}
+
+#[test]
+fn a_final_chunk_without_usage_data_charges_no_cost() {
+    let r = rate(Some(1_000_000), Some(1000), "1h");
+    let b = budget(100.0, "1h");
+    let s = with_key(key("sk", limits(Some(b.clone()), Some(r.clone()))));
+    let mut last = usage("sk", 70, 0.5);
+    last.is_streaming = true;
+    last.is_final_chunk = true;
+    apply(&s, &last, NOW);
+    assert_eq!(r.request_view(NOW).used, 1);
+    assert_eq!(r.token_view(NOW).used, 0);
+    assert_eq!(b.view(NOW).used, 0);
+}
+
+#[test]
+fn provider_specific_model_configs_do_not_apply_to_another_provider() {
+    let b = budget(1.0, "1h");
+    let mut s = Snapshot::default();
+    s.put_model_config(model_config(
+        "gpt-4o",
+        Some("azure"),
+        limits(Some(b.clone()), None),
+    ));
+    apply(
+        &s,
+        &UsageEvent {
+            virtual_key: None,
+            ..usage("", 10, 1.0)
+        },
+        NOW,
+    );
+    assert_eq!(
+        b.view(NOW).used,
+        0,
+        "an openai request does not charge the azure config"
+    );
+    let d = check(
+        &s,
+        &CheckPolicy::default(),
+        &CheckInput {
+            provider: "openai",
+            model: "gpt-4o",
+            ..Default::default()
+        },
+        &[],
+        NOW,
+    );
+    assert!(d.checks.is_empty());
+    let on_azure = UsageEvent {
+        virtual_key: None,
+        provider: "azure",
+        ..usage("", 10, 1.0)
+    };
+    apply(&s, &on_azure, NOW);
+    assert_eq!(b.view(NOW).used, Money::from_usd(1.0).unwrap().nanos());
+}
+
+#[test]
+fn a_global_model_config_applies_to_every_provider_beside_the_specific_one() {
+    let (global, specific) = (budget(1.0, "1h"), budget(5.0, "1h"));
+    let mut s = Snapshot::default();
+    s.put_model_config(model_config(
+        "gpt-4o",
+        None,
+        limits(Some(global.clone()), None),
+    ));
+    s.put_model_config(model_config(
+        "gpt-4o",
+        Some("openai"),
+        limits(Some(specific.clone()), None),
+    ));
+    for provider in ["openai", "azure"] {
+        apply(
+            &s,
+            &UsageEvent {
+                virtual_key: None,
+                provider,
+                ..usage("", 0, 0.5)
+            },
+            NOW,
+        );
+    }
+    assert_eq!(global.view(NOW).used, Money::from_usd(1.0).unwrap().nanos());
+    assert_eq!(
+        specific.view(NOW).used,
+        Money::from_usd(0.5).unwrap().nanos()
+    );
+    let d = check(
+        &s,
+        &CheckPolicy::default(),
+        &CheckInput {
+            provider: "azure",
+            model: "gpt-4o",
+            ..Default::default()
+        },
+        &[],
+        NOW,
+    );
+    assert_eq!(d.verdict, Verdict::BudgetExceeded);
+    assert_eq!(d.checks[0].level, Level::Model);
+}
+
+#[test]
+fn a_key_moved_to_a_new_team_charges_the_new_team() {
+    let (old_b, new_b) = (budget(10.0, "1d"), budget(10.0, "1d"));
+    let (old_t, new_t) = (
+        team(limits(Some(old_b.clone()), None), None),
+        team(limits(Some(new_b.clone()), None), None),
+    );
+    let mut k = key("sk", Limits::default());
+    k.team_id = Some(old_t.id);
+    let new_id = new_t.id;
+    let store = Store::default();
+    store.update(|s| {
+        s.put_team(old_t);
+        s.put_team(new_t);
+        s.put_virtual_key(k.clone());
+    });
+    apply(&store.snapshot(), &usage("sk", 0, 1.0), NOW);
+    k.team_id = Some(new_id);
+    store.update(|s| s.put_virtual_key(k));
+    apply(&store.snapshot(), &usage("sk", 0, 2.0), NOW);
+    assert_eq!(old_b.view(NOW).used, Money::from_usd(1.0).unwrap().nanos());
+    assert_eq!(new_b.view(NOW).used, Money::from_usd(2.0).unwrap().nanos());
+}
+
+#[test]
+fn the_check_visits_gates_in_the_reference_order() {
+    let mut k = key("sk", Limits::default());
+    k.provider_configs = vec![pc("openai", &["gpt-4o"], Limits::default())];
+    let mut s = with_key(k.clone());
+    let policy = CheckPolicy {
+        require_virtual_key: true,
+        required_headers: vec!["x-tenant".into()],
+    };
+    let input = |vk: Option<&'static str>, provider, model| CheckInput {
+        virtual_key: vk,
+        provider,
+        model,
+        ..Default::default()
+    };
+    let run = |s: &Snapshot, i: CheckInput<'static>, headers: &[&str]| {
+        check(s, &policy, &i, headers, NOW).verdict
+    };
+    assert_eq!(
+        run(&s, input(Some("sk"), "openai", "gpt-4o"), &[]),
+        Verdict::MissingRequiredHeaders
+    );
+    let h = ["X-Tenant"];
+    assert_eq!(
+        run(&s, input(None, "openai", "gpt-4o"), &h),
+        Verdict::VirtualKeyRequired
+    );
+    assert_eq!(
+        run(&s, input(Some("nope"), "openai", "gpt-4o"), &h),
+        Verdict::VirtualKeyRequired
+    );
+    let with_user = CheckInput {
+        virtual_key: Some("nope"),
+        user_id: Some("u"),
+        ..input(None, "openai", "gpt-4o")
+    };
+    assert_eq!(run(&s, with_user, &h), Verdict::VirtualKeyNotFound);
+    assert_eq!(
+        run(&s, input(Some("sk"), "anthropic", "claude"), &h),
+        Verdict::ProviderBlocked
+    );
+    assert_eq!(
+        run(&s, input(Some("sk"), "openai", "gpt-3.5"), &h),
+        Verdict::ModelBlocked
+    );
+    let listing = CheckInput {
+        request_type: Some("list_models"),
+        ..input(Some("sk"), "openai", "gpt-3.5")
+    };
+    assert_eq!(run(&s, listing, &h), Verdict::Allow);
+    assert_eq!(
+        run(&s, input(Some("sk"), "openai", "gpt-4o"), &h),
+        Verdict::Allow
+    );
+    k.is_active = false;
+    s.put_virtual_key(k);
+    assert_eq!(
+        run(&s, input(Some("sk"), "openai", "gpt-4o"), &h),
+        Verdict::VirtualKeyBlocked
+    );
+}
+
+#[test]
+fn provider_limits_come_before_the_keys_and_rate_limits_before_budgets() {
+    let (pb, kb) = (budget(1.0, "1h"), budget(1.0, "1h"));
+    let kr = rate(Some(10), None, "1h");
+    let mut s = with_key(key("sk", limits(Some(kb.clone()), Some(kr.clone()))));
+    s.providers.insert(
+        "openai".into(),
+        Arc::new(Provider {
+            name: "openai".into(),
+            limits: limits(Some(pb.clone()), None),
+            created_at: NOW,
+            updated_at: NOW,
+        }),
+    );
+    kb.add(NOW, Money::from_usd(1.0).unwrap().nanos());
+    kr.add_tokens(NOW, 10);
+    assert_eq!(
+        ask(&s, "sk").verdict,
+        Verdict::TokenLimited,
+        "rate limits before budgets"
+    );
+    pb.add(NOW, Money::from_usd(1.0).unwrap().nanos());
+    let d = ask(&s, "sk");
+    assert_eq!(d.verdict, Verdict::BudgetExceeded);
+    assert_eq!(d.checks[0].level, Level::Provider);
+    assert_eq!(
+        d.checks.len(),
+        3,
+        "every evaluated limit is listed: {:?}",
+        d.checks
+    );
+}
+
+#[test]
+fn user_limits_apply_with_and_without_a_key() {
+    let ub = budget(1.0, "1h");
+    let mut s = Snapshot::default();
+    s.users.insert(
+        "u1".into(),
+        Arc::new(User {
+            user_id: "u1".into(),
+            limits: limits(Some(ub.clone()), None),
+            created_at: NOW,
+            updated_at: NOW,
+        }),
+    );
+    let e = UsageEvent {
+        virtual_key: None,
+        user_id: Some("u1"),
+        ..usage("", 0, 1.0)
+    };
+    apply(&s, &e, NOW);
+    let d = check(
+        &s,
+        &CheckPolicy::default(),
+        &CheckInput {
+            user_id: Some("u1"),
+            ..Default::default()
+        },
+        &[],
+        NOW,
+    );
+    assert_eq!(d.verdict, Verdict::BudgetExceeded);
+    assert_eq!(d.checks[0].level, Level::User);
+}
+
+#[test]
+fn provider_configs_of_the_request_provider_are_charged_and_checked() {
+    let (oa, an) = (budget(1.0, "1h"), budget(1.0, "1h"));
+    let mut k = key("sk", Limits::default());
+    k.provider_configs = vec![
+        pc("openai", &[], limits(Some(oa.clone()), None)),
+        pc("anthropic", &[], limits(Some(an.clone()), None)),
+    ];
+    let s = with_key(k);
+    apply(&s, &usage("sk", 0, 1.0), NOW);
+    assert_eq!(oa.view(NOW).used, Money::from_usd(1.0).unwrap().nanos());
+    assert_eq!(an.view(NOW).used, 0);
+    let d = ask(&s, "sk");
+    assert_eq!(d.verdict, Verdict::BudgetExceeded);
+    assert_eq!(d.checks[0].level, Level::ProviderConfig);
+    assert_eq!(d.include_only_key_ids, ["key-a".to_owned()]);
+}
+
+#[test]
+fn concurrent_usage_loses_no_increment() {
+    let (s, [bk, bt, bc]) = three_levels(0.0);
+    let s = Arc::new(s);
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let s = Arc::clone(&s);
+            std::thread::spawn(move || {
+                for _ in 0..10_000 {
+                    apply(&s, &usage("sk", 3, 0.000001), NOW);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let expected = 80_000 * Money::from_usd(0.000001).unwrap().nanos();
+    assert_eq!(bk.view(NOW).used, expected);
+    assert_eq!(
+        bt.view(NOW).used - Money::from_usd(200.0).unwrap().nanos(),
+        expected
+    );
+    assert_eq!(
+        bc.view(NOW).used - Money::from_usd(400.0).unwrap().nanos(),
+        expected
+    );
+    assert_eq!(Money::from_nanos(bk.view(NOW).used).to_usd(), 0.08);
+}
+
+proptest! {
+    #[test]
+    fn a_charge_reaches_every_level_in_full(costs in proptest::collection::vec(0u32..1_000_000, 1..50), tokens in 0i64..100_000) {
+        let r = rate(Some(i64::MAX / 2), Some(i64::MAX / 2), "1h");
+        let (bk, bt, bc, bp) = (budget(1e6, "1h"), budget(1e6, "1h"), budget(1e6, "1h"), budget(1e6, "1h"));
+        let c = customer(limits(Some(bc.clone()), Some(r.clone())));
+        let t = team(limits(Some(bt.clone()), None), Some(c.id));
+        let mut k = key("sk", limits(Some(bk.clone()), None));
+        k.team_id = Some(t.id);
+        k.provider_configs = vec![pc("openai", &[], limits(Some(bp.clone()), None))];
+        let mut s = Snapshot::default();
+        s.put_customer(c);
+        s.put_team(t);
+        s.put_virtual_key(k);
+        let mut total = 0i64;
+        for micro in &costs {
+            let cost = Money::from_nanos(i64::from(*micro) * 1000);
+            total += cost.nanos();
+            apply(&s, &UsageEvent { cost, ..usage("sk", tokens, 0.0) }, NOW);
+        }
+        for b in [&bk, &bt, &bc, &bp] {
+            prop_assert_eq!(b.view(NOW).used, total);
+        }
+        prop_assert_eq!(r.token_view(NOW).used, tokens * costs.len() as i64);
+        prop_assert_eq!(r.request_view(NOW).used, costs.len() as i64);
+    }
+
+    #[test]
+    fn a_reset_restores_capacity(used in 1i64..1_000_000, later in 0i64..3_600_000_000) {
+        let b = budget(0.001, "1h");
+        let s = with_key(key("sk", limits(Some(b.clone()), None)));
+        b.add(NOW, used.max(1_000_000));
+        prop_assert_eq!(ask(&s, "sk").verdict, Verdict::BudgetExceeded);
+        b.reset(NOW + later);
+        let input = CheckInput { virtual_key: Some("sk"), ..Default::default() };
+        prop_assert_eq!(check(&s, &CheckPolicy::default(), &input, &[], NOW + later).verdict, Verdict::Allow);
+    }
+
+    #[test]
+    fn rolling_windows_never_drift(offset in 0i64..1_000_000_000_000) {
+        let r = rate(Some(10), None, "1m");
+        r.add_tokens(NOW + offset, 1);
+        let v = r.token_view(NOW + offset);
+        prop_assert_eq!((v.last_reset - NOW) % MINUTE, 0);
+        prop_assert!(v.last_reset <= NOW + offset && NOW + offset < v.resets_at);
+    }
+}

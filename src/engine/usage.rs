@@ -1,0 +1,104 @@
+//! Usage (SPEC §4, the seed's `UpdateUsage`): what one finished request, or one streaming
+//! chunk, adds to every counter that governs it.
+
+use super::check::{hierarchy, model_configs};
+use super::entities::{Limits, VirtualKey};
+use super::store::Snapshot;
+use crate::domain::{Micros, Money};
+
+/// One usage report, validated.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UsageEvent<'a> {
+    pub virtual_key: Option<&'a str>,
+    pub provider: &'a str,
+    pub model: &'a str,
+    pub user_id: Option<&'a str>,
+    pub success: bool,
+    pub tokens: i64,
+    pub cost: Money,
+    pub is_streaming: bool,
+    pub is_final_chunk: bool,
+    pub has_usage_data: bool,
+}
+
+/// What an event charges, after the streaming rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Charge {
+    pub tokens: Option<i64>,
+    pub requests: Option<i64>,
+    pub cost: Option<i64>,
+}
+
+impl UsageEvent<'_> {
+    /// The streaming rules: tokens and cost when not streaming or when the chunk carries
+    /// usage data; one request when not streaming or on the final chunk; cost only when > 0.
+    pub fn charge(&self) -> Charge {
+        if !self.success {
+            return Charge::default();
+        }
+        let usage = !self.is_streaming || self.has_usage_data;
+        let request = !self.is_streaming || self.is_final_chunk;
+        Charge {
+            tokens: usage.then_some(self.tokens),
+            requests: request.then_some(1),
+            cost: (usage && self.cost.nanos() > 0).then_some(self.cost.nanos()),
+        }
+    }
+}
+
+/// How an event was applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// The event named a virtual key that no key has (nothing was charged at key level).
+    pub unknown_key: bool,
+}
+
+fn charge_limits(limits: &Limits, charge: &Charge, now: Micros) {
+    if let Some(rl) = &limits.rate_limit {
+        if let Some(t) = charge.tokens {
+            rl.add_tokens(now, t);
+        }
+        if let Some(r) = charge.requests {
+            rl.add_requests(now, r);
+        }
+    }
+    if let (Some(b), Some(cost)) = (&limits.budget, charge.cost) {
+        b.add(now, cost);
+    }
+}
+
+/// Applies one event to the counters of `s`, resolving the key's hierarchy as it is now.
+pub fn apply(s: &Snapshot, event: &UsageEvent<'_>, now: Micros) -> Applied {
+    let charge = event.charge();
+    if charge == Charge::default() {
+        return Applied { unknown_key: false };
+    }
+    let (provider, model) = (event.provider, event.model);
+    if !provider.is_empty() && !model.is_empty() {
+        if let Some(p) = s.providers.get(provider) {
+            charge_limits(&p.limits, &charge, now);
+        }
+        for (_, limits) in model_configs(s, model, provider) {
+            charge_limits(limits, &charge, now);
+        }
+    }
+    if let Some(u) = event
+        .user_id
+        .filter(|u| !u.is_empty())
+        .and_then(|u| s.users.get(u))
+    {
+        charge_limits(&u.limits, &charge, now);
+    }
+    let Some(value) = event.virtual_key.filter(|v| !v.is_empty()) else {
+        return Applied { unknown_key: false };
+    };
+    match s.keys_by_hash.get(&VirtualKey::hash_value(value)) {
+        Some(key) => {
+            for (_, _, limits) in hierarchy(key, provider) {
+                charge_limits(limits, &charge, now);
+            }
+            Applied { unknown_key: false }
+        }
+        None => Applied { unknown_key: true },
+    }
+}

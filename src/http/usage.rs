@@ -1,0 +1,251 @@
+//! `POST /v1/usage` and `POST /v1/usage/batch`: what requests used. Updates are validated
+//! whole before anything is applied, deduplicated by `(request_id, attempt, phase)`, then
+//! applied to the in-memory counters.
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use utoipa::ToSchema;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
+
+use super::check::MAX_STRING;
+use super::error::{ApiError, ErrorBody, ItemError};
+use super::extract::ApiJson;
+use crate::domain::time::now_micros;
+use crate::domain::{Micros, Money};
+use crate::engine::dedup::{dedup_key, DedupKey, Phase};
+use crate::engine::usage::{apply, UsageEvent};
+use crate::state::AppState;
+
+pub fn router(batch_max_body_bytes: usize) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(record_usage))
+        .routes(routes!(record_usage_batch).layer(DefaultBodyLimit::max(batch_max_body_bytes)))
+}
+
+/// The reference system's `UsageUpdate`. Unknown fields are ignored.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct UsageUpdate {
+    pub virtual_key: Option<String>,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    /// Default true; a failed request records nothing.
+    pub success: Option<bool>,
+    /// An integer ≥ 0.
+    pub tokens_used: Option<i64>,
+    /// Dollars, a finite number ≥ 0.
+    pub cost: Option<f64>,
+    /// Makes the update idempotent, with `attempt` and the phase.
+    pub request_id: Option<String>,
+    pub user_id: Option<String>,
+    pub is_streaming: Option<bool>,
+    pub is_final_chunk: Option<bool>,
+    pub has_usage_data: Option<bool>,
+    /// Retry attempt of the request, default 0.
+    pub attempt: Option<u64>,
+    /// Index of a non-final streaming chunk; such chunks are deduplicated only with it.
+    pub chunk_index: Option<u64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageAccepted {
+    pub accepted: bool,
+    /// A repeat of an update already recorded: nothing changed.
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UsageBatch {
+    #[schema(value_type = Vec<UsageUpdate>)]
+    pub updates: Vec<Box<RawValue>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchAccepted {
+    /// Updates applied.
+    pub accepted: usize,
+    /// Updates skipped as repeats.
+    pub duplicates: usize,
+}
+
+/// A validated update, ready to apply.
+#[derive(Debug)]
+struct Valid<'a> {
+    event: UsageEvent<'a>,
+    dedup: Option<DedupKey>,
+}
+
+fn text<'a>(field: &str, value: &'a Option<String>) -> Result<Option<&'a str>, String> {
+    match value {
+        Some(v) if v.len() > MAX_STRING => {
+            Err(format!("{field}: must be at most {MAX_STRING} bytes"))
+        }
+        Some(v) => Ok(Some(v.as_str())),
+        None => Ok(None),
+    }
+}
+
+impl UsageUpdate {
+    fn validate(&self) -> Result<Valid<'_>, String> {
+        let virtual_key = text("virtual_key", &self.virtual_key)?;
+        let provider = text("provider", &self.provider)?.unwrap_or("");
+        let model = text("model", &self.model)?.unwrap_or("");
+        let user_id = text("user_id", &self.user_id)?;
+        let request_id = text("request_id", &self.request_id)?;
+        let tokens = self.tokens_used.unwrap_or(0);
+        if tokens < 0 {
+            return Err("tokens_used: must be an integer ≥ 0".to_owned());
+        }
+        let cost = Money::from_usd(self.cost.unwrap_or(0.0)).map_err(|e| format!("cost: {e}"))?;
+        let event = UsageEvent {
+            virtual_key,
+            provider,
+            model,
+            user_id,
+            success: self.success.unwrap_or(true),
+            tokens,
+            cost,
+            is_streaming: self.is_streaming.unwrap_or(false),
+            is_final_chunk: self.is_final_chunk.unwrap_or(false),
+            has_usage_data: self.has_usage_data.unwrap_or(false),
+        };
+        let phase = if !event.is_streaming || event.is_final_chunk {
+            Some(Phase::Final)
+        } else {
+            self.chunk_index.map(Phase::Chunk)
+        };
+        let dedup = match (request_id.filter(|r| !r.is_empty()), phase) {
+            (Some(id), Some(phase)) => Some(dedup_key(id, self.attempt.unwrap_or(0), phase)),
+            _ => None,
+        };
+        Ok(Valid { event, dedup })
+    }
+}
+
+/// Applies one valid update unless it is a repeat; true when applied.
+fn record(state: &AppState, valid: &Valid<'_>, now: Micros) -> bool {
+    if let Some(key) = valid.dedup {
+        if !state.dedup.first_time(key, now) {
+            return false;
+        }
+    }
+    let snapshot = state.store.guard();
+    let applied = apply(&snapshot, &valid.event, now);
+    if applied.unknown_key {
+        tracing::debug!("usage for an unknown virtual key: key levels skipped");
+    }
+    true
+}
+
+/// Record what one request (or one streaming chunk) used.
+#[utoipa::path(post, path = "/v1/usage", tag = "gateway",
+    request_body = UsageUpdate,
+    responses((status = 202, body = UsageAccepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
+pub async fn record_usage(
+    State(state): State<AppState>,
+    ApiJson(update): ApiJson<UsageUpdate>,
+) -> Result<(StatusCode, ApiJson<UsageAccepted>), ApiError> {
+    let valid = update.validate().map_err(ApiError::InvalidRequest)?;
+    let applied = record(&state, &valid, now_micros());
+    Ok((
+        StatusCode::ACCEPTED,
+        ApiJson(UsageAccepted {
+            accepted: true,
+            duplicate: !applied,
+        }),
+    ))
+}
+
+/// Record many updates at once. The batch is validated whole first: one invalid item rejects
+/// it with per-item details, and nothing is applied.
+#[utoipa::path(post, path = "/v1/usage/batch", tag = "gateway",
+    request_body = UsageBatch,
+    responses((status = 202, body = BatchAccepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
+pub async fn record_usage_batch(
+    State(state): State<AppState>,
+    ApiJson(batch): ApiJson<UsageBatch>,
+) -> Result<(StatusCode, ApiJson<BatchAccepted>), ApiError> {
+    let max = state.config.batch_max_items;
+    if batch.updates.len() > max {
+        return Err(ApiError::InvalidRequest(format!(
+            "updates: at most {max} items per batch, got {}",
+            batch.updates.len()
+        )));
+    }
+    let mut parsed = Vec::with_capacity(batch.updates.len());
+    let mut errors = Vec::new();
+    for (index, raw) in batch.updates.iter().enumerate() {
+        match serde_json::from_str::<UsageUpdate>(raw.get()) {
+            Ok(update) => parsed.push((index, update)),
+            Err(e) => errors.push(ItemError {
+                index,
+                message: e.to_string(),
+            }),
+        }
+    }
+    let mut valid = Vec::with_capacity(parsed.len());
+    for (index, update) in &parsed {
+        match update.validate() {
+            Ok(v) => valid.push(v),
+            Err(message) => errors.push(ItemError {
+                index: *index,
+                message,
+            }),
+        }
+    }
+    errors.sort_by_key(|e| e.index);
+    if !errors.is_empty() {
+        return Err(ApiError::InvalidItems(
+            format!("{} invalid update(s); nothing was applied", errors.len()),
+            errors,
+        ));
+    }
+    let now = now_micros();
+    let accepted = valid.iter().filter(|v| record(&state, v, now)).count();
+    Ok((
+        StatusCode::ACCEPTED,
+        ApiJson(BatchAccepted {
+            accepted,
+            duplicates: valid.len() - accepted,
+        }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(json: &str) -> UsageUpdate {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn rejects_negative_tokens_and_costs_and_long_strings() {
+        assert!(update(r#"{"tokens_used": -1}"#)
+            .validate()
+            .unwrap_err()
+            .starts_with("tokens_used"));
+        assert!(update(r#"{"cost": -0.5}"#)
+            .validate()
+            .unwrap_err()
+            .starts_with("cost"));
+        let long = format!(r#"{{"model": "{}"}}"#, "m".repeat(257));
+        assert!(update(&long).validate().unwrap_err().starts_with("model"));
+        assert!(serde_json::from_str::<UsageUpdate>(r#"{"tokens_used": 1.5}"#).is_err());
+        assert!(serde_json::from_str::<UsageUpdate>(r#"{"tokens_used": "5"}"#).is_err());
+    }
+
+    #[test]
+    fn only_final_updates_and_indexed_chunks_are_deduplicated() {
+        let final_ = update(r#"{"request_id": "r"}"#);
+        assert!(final_.validate().unwrap().dedup.is_some());
+        let chunk = update(r#"{"request_id": "r", "is_streaming": true}"#);
+        assert!(chunk.validate().unwrap().dedup.is_none());
+        let indexed = update(r#"{"request_id": "r", "is_streaming": true, "chunk_index": 3}"#);
+        assert!(indexed.validate().unwrap().dedup.is_some());
+        let anonymous = update(r#"{"tokens_used": 5}"#);
+        assert!(anonymous.validate().unwrap().dedup.is_none());
+    }
+}
