@@ -349,7 +349,7 @@ pub fn check<'a>(
 
     let mut ev = Evaluator {
         now,
-        checks: Vec::with_capacity(8),
+        checks: Vec::with_capacity(16),
         failure: None,
     };
     // 3. Provider and model limits, with or without a key.

@@ -97,9 +97,9 @@ pub struct RateLimit {
 pub type DimensionUsage = (i64, Micros);
 
 /// A window rule for a dimension without a duration: it never expires.
-fn rule_or_forever(rule: &Option<WindowRule>) -> WindowRule {
-    rule.clone()
-        .unwrap_or(WindowRule::Rolling { micros: i64::MAX })
+fn rule_or_forever(rule: &Option<WindowRule>) -> &WindowRule {
+    static FOREVER: WindowRule = WindowRule::Rolling { micros: i64::MAX };
+    rule.as_ref().unwrap_or(&FOREVER)
 }
 
 impl RateLimit {
@@ -116,12 +116,12 @@ impl RateLimit {
         let tokens = Arc::new(Counter::new(
             tokens.0,
             tokens.1,
-            &rule_or_forever(&token_rule),
+            rule_or_forever(&token_rule),
         ));
         let requests = Arc::new(Counter::new(
             requests.0,
             requests.1,
-            &rule_or_forever(&request_rule),
+            rule_or_forever(&request_rule),
         ));
         RateLimit {
             id,
@@ -153,12 +153,11 @@ impl RateLimit {
     }
 
     pub fn token_view(&self, now: Micros) -> CounterView {
-        self.tokens.view(&rule_or_forever(&self.token_rule), now)
+        self.tokens.view(rule_or_forever(&self.token_rule), now)
     }
 
     pub fn request_view(&self, now: Micros) -> CounterView {
-        self.requests
-            .view(&rule_or_forever(&self.request_rule), now)
+        self.requests.view(rule_or_forever(&self.request_rule), now)
     }
 
     /// Adds tokens to the token window that contains `now` (only when tokens are limited).
@@ -178,8 +177,8 @@ impl RateLimit {
 
     /// Makes the shared counters' window ends follow this rate limit's durations.
     pub fn publish_rules(&self) {
-        self.tokens.set_rule(&rule_or_forever(&self.token_rule));
-        self.requests.set_rule(&rule_or_forever(&self.request_rule));
+        self.tokens.set_rule(rule_or_forever(&self.token_rule));
+        self.requests.set_rule(rule_or_forever(&self.request_rule));
     }
 
     /// `(used, last_reset)` of tokens and of requests, as stored.
@@ -189,9 +188,9 @@ impl RateLimit {
 
     /// Zeroes both dimensions, starting new windows at `now`.
     pub fn reset(&self, now: Micros) {
-        self.tokens.reset(&rule_or_forever(&self.token_rule), now);
+        self.tokens.reset(rule_or_forever(&self.token_rule), now);
         self.requests
-            .reset(&rule_or_forever(&self.request_rule), now);
+            .reset(rule_or_forever(&self.request_rule), now);
     }
 }
 

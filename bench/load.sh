@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Load benchmark: Heimdall on SQLite with 10 000 keys in a customer/team hierarchy, measured
+# with wrk against /healthz (the machine's ceiling), /v1/usage, /v1/check and /v1/usage/batch,
+# all in one run, with the ratios the targets are stated in.
+#   bench/load.sh                    # defaults below
+#   DURATION=20s CONNECTIONS=64 KEYS=10000 bench/load.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-2}
+KEYS=${KEYS:-10000}
+BATCH=${BATCH:-1000}
+PORT=${PORT:-18080}
+TOKEN=bench-token
+
+command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
+cargo build --release --locked --quiet
+work=$(mktemp -d)
+trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+
+HEIMDALL__AUTH__ADMIN_TOKENS=$TOKEN HEIMDALL__AUTH__GATEWAY_TOKENS=$TOKEN HEIMDALL__LOG_LEVEL=warn \
+    ./target/release/heimdall serve --listen "127.0.0.1:$PORT" --database-url "sqlite://$work/bench.db" &
+pid=$!
+for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.2; done
+
+start=$(date +%s.%N)
+python3 bench/setup.py 127.0.0.1 "$PORT" "$TOKEN" "$KEYS" "$work/keys.txt"
+echo "setup took $(echo "$(date +%s.%N) - $start" | bc) s"
+
+run() {
+    MODE=$1 KEYS=$work/keys.txt TOKEN=$TOKEN BATCH=$BATCH \
+        wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/load.lua "http://127.0.0.1:$PORT" \
+        | grep '^RESULT'
+}
+# Warm up, then measure each endpoint once.
+MODE=healthz KEYS=$work/keys.txt TOKEN=$TOKEN wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s bench/load.lua "http://127.0.0.1:$PORT" >/dev/null
+export KEYS_TOTAL=$KEYS
+results=$(for mode in healthz usage check batch; do run "$mode"; done)
+echo "$results"
+rss_kib=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+
+echo "$results" | awk -v batch="$BATCH" -v rss="$rss_kib" -v conns="$CONNECTIONS" '
+    { split($3, r, "="); split($5, p, "="); rps[$2] = r[2]; p99[$2] = p[2] }
+    END {
+        printf "\n%s connections, %s keys\n", conns, ENVIRON["KEYS_TOTAL"]
+        printf "usage: %.0f req/s = %.0f%% of healthz (target >= 60%%); p99 %.2f ms = %.2fx healthz p99 (target <= 2x)\n", rps["usage"], 100 * rps["usage"] / rps["healthz"], p99["usage"], p99["usage"] / p99["healthz"]
+        printf "check: %.0f req/s = %.0f%% of healthz (target >= 60%%); p99 %.2f ms = %.2fx healthz p99 (target <= 2x)\n", rps["check"], 100 * rps["check"] / rps["healthz"], p99["check"], p99["check"] / p99["healthz"]
+        printf "batch: %.0f events/s in batches of %d (target >= 1000000)\n", rps["batch"] * batch, batch
+        printf "rss after load: %.1f MiB (target < 100 MiB)\n", rss / 1024
+    }'
