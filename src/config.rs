@@ -173,15 +173,36 @@ impl Config {
         if let Some(url) = &overrides.database_url {
             table.insert("database_url".into(), toml::Value::String(url.clone()));
         }
-        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-            let path = e.path().to_string();
-            let message = e.inner().to_string();
-            ConfigError::Invalid(if path == "." {
-                message
-            } else {
-                format!("{path}: {message}")
-            })
-        })
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let path = e.path().to_string();
+                let message = e.inner().to_string();
+                ConfigError::Invalid(if path == "." {
+                    message
+                } else {
+                    format!("{path}: {message}")
+                })
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the values serde cannot: ranges.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, rule: &str| Err(ConfigError::Invalid(format!("{key}: {rule}")));
+        if self.max_body_bytes < 1024 {
+            return bad("max_body_bytes", "must be at least 1024");
+        }
+        if self.batch_max_body_bytes < 1024 {
+            return bad("batch_max_body_bytes", "must be at least 1024");
+        }
+        if self.batch_max_items == 0 {
+            return bad("batch_max_items", "must be at least 1");
+        }
+        if self.required_headers.iter().any(|h| h.trim().is_empty()) {
+            return bad("required_headers", "names must not be empty");
+        }
+        Ok(())
     }
 }
 
@@ -363,6 +384,22 @@ mod tests {
             err.contains("database_url") && err.contains("mysql"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn out_of_range_values_are_named() {
+        for (key, value) in [
+            ("HEIMDALL__BATCH_MAX_ITEMS", "0"),
+            ("HEIMDALL__MAX_BODY_BYTES", "10"),
+            ("HEIMDALL__ACK", "sometimes"),
+            ("HEIMDALL__LISTEN", "not-an-address"),
+        ] {
+            let err = Config::load(None, env(&[(key, value)]), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            let name = key.trim_start_matches("HEIMDALL__").to_lowercase();
+            assert!(err.contains(&name), "{key}: {err}");
+        }
     }
 
     #[test]
