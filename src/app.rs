@@ -3,17 +3,23 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
 use crate::config::Config;
-use crate::db::{Db, DbError};
+use crate::db::{flush, Db, DbError};
+use crate::domain::time::now_micros;
 use crate::engine::check::CheckPolicy;
 use crate::engine::dedup::Dedup;
+use crate::engine::rollup::Rollups;
 use crate::engine::Store;
 use crate::state::AppState;
+use crate::worker::{self, FlushSignal, Versions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -52,7 +58,11 @@ impl App {
         }
         let db = Db::connect(&config.database_url).await?;
         db.migrate().await?;
-        let snapshot = db.load().await?;
+        let mut conn = db.acquire().await?;
+        let (config_version, usage_version) = flush::clock(&mut conn).await?;
+        let keys = flush::load_dedup_keys(&mut conn, now_micros()).await?;
+        drop(conn);
+        let snapshot = db.load(None).await?;
         tracing::info!(
             backend = ?db.backend(),
             customers = snapshot.customers.len(),
@@ -67,11 +77,19 @@ impl App {
                     addr: config.listen,
                     source,
                 })?;
+        let dedup = Dedup::new(config.dedup_window.as_micros() as i64);
+        dedup.preload(keys);
+        let versions = Versions::default();
+        versions.start_at(config_version, usage_version);
         let state = AppState {
             store: Arc::new(Store::new(snapshot)),
             db,
             admin_writes: Arc::new(tokio::sync::Mutex::new(())),
-            dedup: Arc::new(Dedup::new(config.dedup_window.as_micros() as i64)),
+            dedup: Arc::new(dedup),
+            rollups: Arc::new(Rollups::default()),
+            versions: Arc::new(versions),
+            signal: Arc::new(FlushSignal::default()),
+            db_up: Arc::new(AtomicBool::new(true)),
             policy: Arc::new(CheckPolicy {
                 require_virtual_key: config.require_virtual_key,
                 required_headers: config
@@ -83,7 +101,14 @@ impl App {
             auth: Arc::new(auth),
             config: Arc::new(config),
         };
+        // Windows that ended while the service was down are reset now, at every level.
+        state.flusher().flush_once().await?;
         Ok(App { listener, state })
+    }
+
+    /// The shared state (tests drive the worker through it).
+    pub fn state(&self) -> &AppState {
+        &self.state
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -92,17 +117,29 @@ impl App {
             .expect("a bound listener has a local address")
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish
-    /// and closes the database pool.
+    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish,
+    /// runs a final flush and closes the database pool.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let router = crate::http::router(self.state.clone());
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        tasks.spawn(worker::run(
+            self.state.flusher(),
+            self.state.config.flush_interval,
+            cancel.clone(),
+        ));
+        tasks.close();
         tracing::info!(listen = %self.local_addr(), "heimdall serving");
-        axum::serve(self.listener, router)
+        let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
-            .await?;
+            .await;
+        // In-flight requests are done: the final flush sees all they applied.
+        cancel.cancel();
+        tasks.wait().await;
+        served?;
         self.state.db.close().await;
         tracing::info!("heimdall stopped");
         Ok(())

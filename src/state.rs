@@ -1,5 +1,6 @@
 //! The application state every handler shares.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crate::auth::Auth;
@@ -7,7 +8,9 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::engine::check::CheckPolicy;
 use crate::engine::dedup::Dedup;
+use crate::engine::rollup::Rollups;
 use crate::engine::Store;
+use crate::worker::{FlushSignal, Flusher, Versions};
 
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -15,14 +18,38 @@ pub struct AppState {
     pub store: Arc<Store>,
     /// The database; admin changes are written through to it before they reach the store.
     pub db: Db,
-    /// Serialises admin writes, so that the database and the store see changes in one order.
-    /// A tokio mutex: it is held across the database transaction's awaits.
+    /// Serialises admin writes (and reloads), so that the database and the store see changes
+    /// in one order. A tokio mutex: it is held across the database transaction's awaits.
     pub admin_writes: Arc<tokio::sync::Mutex<()>>,
     /// Idempotency keys of recent usage updates.
     pub dedup: Arc<Dedup>,
+    /// Hourly usage not yet flushed.
+    pub rollups: Arc<Rollups>,
+    /// Versions of the shared clock this process has seen.
+    pub versions: Arc<Versions>,
+    /// Group commit of durable acknowledgements.
+    pub signal: Arc<FlushSignal>,
+    /// Whether the last flush reached the database (for `/readyz`).
+    pub db_up: Arc<AtomicBool>,
     /// The check settings of the configuration.
     pub policy: Arc<CheckPolicy>,
     /// Hashed bearer tokens.
     pub auth: Arc<Auth>,
     pub config: Arc<Config>,
+}
+
+impl AppState {
+    /// The worker's view of this state.
+    pub fn flusher(&self) -> Flusher {
+        Flusher {
+            store: Arc::clone(&self.store),
+            db: self.db.clone(),
+            dedup: Arc::clone(&self.dedup),
+            rollups: Arc::clone(&self.rollups),
+            versions: Arc::clone(&self.versions),
+            signal: Arc::clone(&self.signal),
+            db_up: Arc::clone(&self.db_up),
+            admin_writes: Arc::clone(&self.admin_writes),
+        }
+    }
 }

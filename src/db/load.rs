@@ -11,10 +11,37 @@ use super::rows::{corrupt, parse_hash_hex, parse_list_json, parse_opt_uuid, pars
 use super::{Conn, DbError};
 use crate::domain::limits::DimensionSpec;
 use crate::domain::{BudgetSpec, Money, RateLimitSpec, ResetDuration, TimeZoneName};
+use crate::engine::counter::Counter;
 use crate::engine::{
     Budget, Customer, Limits, ModelConfig, Provider, ProviderConfig, RateLimit, Snapshot, Team,
     User, VirtualKey,
 };
+
+/// The counters of a snapshot already in memory, by limit id: a reload keeps them, so that
+/// usage (and what is not yet flushed) survives a configuration change on another replica.
+#[derive(Default)]
+struct Reuse {
+    budgets: HashMap<Uuid, Arc<Counter>>,
+    rate_limits: HashMap<Uuid, (Arc<Counter>, Arc<Counter>)>,
+}
+
+impl Reuse {
+    fn of(s: Option<&Snapshot>) -> Reuse {
+        let Some(s) = s else {
+            return Reuse::default();
+        };
+        Reuse {
+            budgets: s
+                .budgets()
+                .map(|b| (b.id, Arc::clone(&b.counter)))
+                .collect(),
+            rate_limits: s
+                .rate_limits()
+                .map(|r| (r.id, (Arc::clone(&r.tokens), Arc::clone(&r.requests))))
+                .collect(),
+        }
+    }
+}
 
 /// Budgets and rate limits by id, for the owners to pick up.
 struct LimitRows {
@@ -37,7 +64,7 @@ fn duration(table: &'static str, text: &str) -> Result<ResetDuration, DbError> {
     ResetDuration::parse(text).map_err(|e| corrupt(table, e.to_string()))
 }
 
-fn budget(row: &AnyRow) -> Result<Budget, DbError> {
+fn budget(row: &AnyRow, reuse: &Reuse) -> Result<Budget, DbError> {
     const T: &str = "budgets";
     let spec = BudgetSpec {
         max: Money::from_nanos(row.try_get("max_limit")?),
@@ -46,14 +73,19 @@ fn budget(row: &AnyRow) -> Result<Budget, DbError> {
         timezone: TimeZoneName::parse(&row.try_get::<String, _>("timezone")?)
             .map_err(|m| corrupt(T, m))?,
     };
-    Ok(Budget::new(
-        parse_uuid(T, &row.try_get::<String, _>("id")?)?,
-        spec,
-        row.try_get("current_usage")?,
-        row.try_get("last_reset")?,
-        row.try_get("created_at")?,
-        row.try_get("updated_at")?,
-    ))
+    let id = parse_uuid(T, &row.try_get::<String, _>("id")?)?;
+    let (created, updated) = (row.try_get("created_at")?, row.try_get("updated_at")?);
+    Ok(match reuse.budgets.get(&id) {
+        Some(counter) => Budget::with_counter(id, spec, Arc::clone(counter), created, updated),
+        None => Budget::new(
+            id,
+            spec,
+            row.try_get("current_usage")?,
+            row.try_get("last_reset")?,
+            created,
+            updated,
+        ),
+    })
 }
 
 fn dimension(row: &AnyRow, prefix: &str) -> Result<DimensionSpec, DbError> {
@@ -66,43 +98,52 @@ fn dimension(row: &AnyRow, prefix: &str) -> Result<DimensionSpec, DbError> {
     })
 }
 
-fn rate_limit(row: &AnyRow) -> Result<RateLimit, DbError> {
+fn rate_limit(row: &AnyRow, reuse: &Reuse) -> Result<RateLimit, DbError> {
     const T: &str = "rate_limits";
     let spec = RateLimitSpec {
         tokens: dimension(row, "token")?,
         requests: dimension(row, "request")?,
     };
-    Ok(RateLimit::new(
-        parse_uuid(T, &row.try_get::<String, _>("id")?)?,
-        spec,
-        (
-            row.try_get("token_current_usage")?,
-            row.try_get("token_last_reset")?,
+    let id = parse_uuid(T, &row.try_get::<String, _>("id")?)?;
+    let (created, updated) = (row.try_get("created_at")?, row.try_get("updated_at")?);
+    Ok(match reuse.rate_limits.get(&id) {
+        Some((t, r)) => {
+            RateLimit::with_counters(id, spec, (Arc::clone(t), Arc::clone(r)), created, updated)
+        }
+        None => RateLimit::new(
+            id,
+            spec,
+            (
+                row.try_get("token_current_usage")?,
+                row.try_get("token_last_reset")?,
+            ),
+            (
+                row.try_get("request_current_usage")?,
+                row.try_get("request_last_reset")?,
+            ),
+            created,
+            updated,
         ),
-        (
-            row.try_get("request_current_usage")?,
-            row.try_get("request_last_reset")?,
-        ),
-        row.try_get("created_at")?,
-        row.try_get("updated_at")?,
-    ))
+    })
 }
 
 async fn rows(c: &mut Conn, sql: &str) -> Result<Vec<AnyRow>, DbError> {
     Ok(sqlx::query(sql).fetch_all(c).await?)
 }
 
-pub async fn load_snapshot(c: &mut Conn) -> Result<Snapshot, DbError> {
+/// Reads the whole governance state. Limits that `reuse` already holds keep its counters.
+pub async fn load_snapshot(c: &mut Conn, reuse: Option<&Snapshot>) -> Result<Snapshot, DbError> {
+    let reuse = Reuse::of(reuse);
     let mut limits = LimitRows {
         budgets: HashMap::new(),
         rate_limits: HashMap::new(),
     };
     for row in rows(c, "select * from budgets").await? {
-        let b = budget(&row)?;
+        let b = budget(&row, &reuse)?;
         limits.budgets.insert(b.id, Arc::new(b));
     }
     for row in rows(c, "select * from rate_limits").await? {
-        let r = rate_limit(&row)?;
+        let r = rate_limit(&row, &reuse)?;
         limits.rate_limits.insert(r.id, Arc::new(r));
     }
 

@@ -6,16 +6,30 @@ use sqlx::{Acquire, Row};
 use super::{Backend, Conn, DbError};
 
 /// `(version, description, sql)` of each backend's migrations, in order.
-const POSTGRES: &[(i64, &str, &str)] = &[(
-    1,
-    "entities",
-    include_str!("../../migrations/postgres/0001_entities.sql"),
-)];
-const SQLITE: &[(i64, &str, &str)] = &[(
-    1,
-    "entities",
-    include_str!("../../migrations/sqlite/0001_entities.sql"),
-)];
+const POSTGRES: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "entities",
+        include_str!("../../migrations/postgres/0001_entities.sql"),
+    ),
+    (
+        2,
+        "usage_flush",
+        include_str!("../../migrations/postgres/0002_usage_flush.sql"),
+    ),
+];
+const SQLITE: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "entities",
+        include_str!("../../migrations/sqlite/0001_entities.sql"),
+    ),
+    (
+        2,
+        "usage_flush",
+        include_str!("../../migrations/sqlite/0002_usage_flush.sql"),
+    ),
+];
 
 /// An arbitrary constant naming Heimdall's migration lock.
 const LOCK_KEY: i64 = 0x4845_494d_4441_4c4c;

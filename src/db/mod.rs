@@ -1,6 +1,7 @@
 //! Persistence: one interface over PostgreSQL and SQLite (the backend is chosen by the URL
 //! scheme), the embedded migrations of each, and the queries, one small function each.
 
+pub mod flush;
 mod load;
 mod migrate;
 mod rows;
@@ -126,10 +127,18 @@ impl Db {
         Ok(self.pool.begin().await?)
     }
 
-    /// Reads the whole governance state.
-    pub async fn load(&self) -> Result<crate::engine::Snapshot, DbError> {
+    /// Reads the whole governance state; limits `reuse` holds keep their counters.
+    pub async fn load(
+        &self,
+        reuse: Option<&crate::engine::Snapshot>,
+    ) -> Result<crate::engine::Snapshot, DbError> {
         let mut conn = self.pool.acquire().await?;
-        load_snapshot(&mut conn).await
+        load_snapshot(&mut conn, reuse).await
+    }
+
+    /// A connection from the pool (for the worker's read-back).
+    pub async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, DbError> {
+        Ok(self.pool.acquire().await?)
     }
 
     /// Whether the database answers.

@@ -128,12 +128,17 @@ async fn update_budget(c: &mut Conn, b: &Budget) -> Result<(), DbError> {
 }
 
 /// Zeroes a budget and starts its window at `now` (the reset endpoint).
+/// Other replicas read the reset back, as they read usage.
 pub async fn reset_budget(c: &mut Conn, id: Uuid, now: Micros) -> Result<(), DbError> {
-    sqlx::query("update budgets set current_usage = 0, last_reset = $2 where id = $1")
-        .bind(uuid_text(id))
-        .bind(now)
-        .execute(c)
-        .await?;
+    let version = super::flush::next_usage_version(c).await?;
+    sqlx::query(
+        "update budgets set current_usage = 0, last_reset = $2, usage_version = $3 where id = $1",
+    )
+    .bind(uuid_text(id))
+    .bind(now)
+    .bind(version)
+    .execute(c)
+    .await?;
     Ok(())
 }
 
@@ -202,13 +207,16 @@ async fn update_rate_limit(c: &mut Conn, r: &RateLimit) -> Result<(), DbError> {
 }
 
 /// Zeroes both dimensions of a rate limit and starts their windows at `now`.
+/// Other replicas read the reset back, as they read usage.
 pub async fn reset_rate_limit(c: &mut Conn, id: Uuid, now: Micros) -> Result<(), DbError> {
+    let version = super::flush::next_usage_version(c).await?;
     sqlx::query(
         "update rate_limits set token_current_usage = 0, token_last_reset = $2, \
-         request_current_usage = 0, request_last_reset = $2 where id = $1",
+         request_current_usage = 0, request_last_reset = $2, usage_version = $3 where id = $1",
     )
     .bind(uuid_text(id))
     .bind(now)
+    .bind(version)
     .execute(c)
     .await?;
     Ok(())

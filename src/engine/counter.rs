@@ -1,8 +1,13 @@
 //! One usage counter: an amount used in the current window, and that window's bounds, in
 //! atomics so that readers never lock. Money counts nano-dollars, rate limits count tokens or
 //! requests.
+//!
+//! Persistence is by deltas: `pending` is what this process added and has not yet written;
+//! `base` is the total the database last reported for the current window. Between flushes
+//! `used == base + pending` (plus what other replicas add, learnt at the next read-back).
 
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Mutex;
 
 use crate::domain::{Micros, WindowRule};
 
@@ -11,10 +16,19 @@ use crate::domain::{Micros, WindowRule};
 #[derive(Debug)]
 pub struct Counter {
     used: AtomicI64,
+    /// Added here and not yet flushed (current window only).
+    pending: AtomicI64,
     /// Start of the current window (`last_reset`).
     start: AtomicI64,
     /// End (exclusive) of the current window, cached so that expiry is one comparison.
     end: AtomicI64,
+    /// The database's total for the current window when last read or written.
+    base: AtomicI64,
+    /// The window start the database has (as far as this process wrote or read it).
+    persisted_start: AtomicI64,
+    /// Serialises window changes with the flush bookkeeping. Taken only when a window ends
+    /// (once per window) and by the worker; plain increments never take it.
+    window: Mutex<()>,
 }
 
 /// What a counter shows at one instant: an expired window counts as 0 at once, before anything
@@ -26,14 +40,33 @@ pub struct CounterView {
     pub resets_at: Micros,
 }
 
+/// What a flush must write for one counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlushItem {
+    /// The window the delta belongs to.
+    pub start: Micros,
+    /// Added since the last flush.
+    pub delta: i64,
+    /// The database still has an older window: reset it to `start` first.
+    pub reset: bool,
+}
+
 impl Counter {
     /// A counter as persisted: `used` in the window that started at `last_reset`.
     pub fn new(used: i64, last_reset: Micros, rule: &WindowRule) -> Self {
         Counter {
             used: AtomicI64::new(used),
+            pending: AtomicI64::new(0),
             start: AtomicI64::new(last_reset),
             end: AtomicI64::new(rule.end_of(last_reset)),
+            base: AtomicI64::new(used),
+            persisted_start: AtomicI64::new(last_reset),
+            window: Mutex::new(()),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.window.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The counter's state at `now`, without changing it.
@@ -55,7 +88,7 @@ impl Counter {
         }
     }
 
-    /// The stored usage and window start, as they are (expired or not): what is persisted.
+    /// The stored usage and window start, as they are (expired or not).
     pub fn raw(&self) -> (i64, Micros) {
         (
             self.used.load(Ordering::Acquire),
@@ -64,47 +97,101 @@ impl Counter {
     }
 
     /// Starts the window that contains `now` if the current one has ended; the usage of the
-    /// ended window is dropped. Lock-free: one thread wins the compare-and-swap on the window
-    /// end and subtracts what it read *before* winning, so increments that other threads make
-    /// in the new window meanwhile are kept.
+    /// ended window, and what of it was not flushed, is dropped. Increments made meanwhile by
+    /// other threads are kept: only what was read under the window lock is subtracted.
     pub fn roll(&self, rule: &WindowRule, now: Micros) {
-        let end = self.end.load(Ordering::Acquire);
-        if now < end {
+        if now < self.end.load(Ordering::Acquire) {
             return;
         }
-        let used = self.used.load(Ordering::Acquire);
+        let _window = self.lock();
+        if now < self.end.load(Ordering::Acquire) {
+            return;
+        }
         let start = self.start.load(Ordering::Acquire);
         let Some(new_start) = rule.roll(start, now) else {
             return;
         };
-        let new_end = rule.end_of(new_start);
-        if self
-            .end
-            .compare_exchange(end, new_end, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            self.start.store(new_start, Ordering::Release);
-            self.used.fetch_sub(used, Ordering::AcqRel);
-        }
+        let used = self.used.load(Ordering::Acquire);
+        let pending = self.pending.load(Ordering::Acquire);
+        self.start.store(new_start, Ordering::Release);
+        self.end.store(rule.end_of(new_start), Ordering::Release);
+        self.used.fetch_sub(used, Ordering::AcqRel);
+        self.pending.fetch_sub(pending, Ordering::AcqRel);
+        self.base.store(0, Ordering::Release);
     }
 
     /// Adds to the usage of the window that contains `now`.
     pub fn add(&self, rule: &WindowRule, now: Micros, amount: i64) {
         self.roll(rule, now);
         self.used.fetch_add(amount, Ordering::AcqRel);
+        self.pending.fetch_add(amount, Ordering::AcqRel);
     }
 
-    /// Zeroes the counter and starts a new window at `now` (the admin reset endpoint).
+    /// Zeroes the counter and starts a new window at `now` (the admin reset endpoint, which
+    /// writes the same to the database itself).
     pub fn reset(&self, rule: &WindowRule, now: Micros) {
+        let _window = self.lock();
         self.used.store(0, Ordering::Release);
+        self.pending.store(0, Ordering::Release);
+        self.base.store(0, Ordering::Release);
         self.start.store(now, Ordering::Release);
         self.end.store(rule.end_of(now), Ordering::Release);
+        self.persisted_start.store(now, Ordering::Release);
     }
 
     /// Re-derives the window end after the duration changed; usage and window start stay.
     pub fn set_rule(&self, rule: &WindowRule) {
+        let _window = self.lock();
         let start = self.start.load(Ordering::Acquire);
         self.end.store(rule.end_of(start), Ordering::Release);
+    }
+
+    /// What the next flush must write for this counter, if anything.
+    pub fn flush_item(&self) -> Option<FlushItem> {
+        let _window = self.lock();
+        let start = self.start.load(Ordering::Acquire);
+        let item = FlushItem {
+            start,
+            delta: self.pending.load(Ordering::Acquire),
+            reset: self.persisted_start.load(Ordering::Acquire) != start,
+        };
+        (item.delta != 0 || item.reset).then_some(item)
+    }
+
+    /// Records that `item` is committed: the delta is no longer pending and is part of the
+    /// database's total. A window that changed meanwhile already dropped it.
+    pub fn flushed(&self, item: FlushItem) {
+        let _window = self.lock();
+        if self.start.load(Ordering::Acquire) != item.start {
+            return;
+        }
+        if item.reset {
+            self.persisted_start.store(item.start, Ordering::Release);
+        }
+        self.pending.fetch_sub(item.delta, Ordering::AcqRel);
+        self.base.fetch_add(item.delta, Ordering::AcqRel);
+    }
+
+    /// Takes in the database's total for the window that started at `db_start`: what other
+    /// replicas added becomes visible here; a newer window (another replica rolled it first)
+    /// is adopted, dropping what was pending for the old one.
+    pub fn absorb(&self, rule: &WindowRule, db_total: i64, db_start: Micros) {
+        let _window = self.lock();
+        let start = self.start.load(Ordering::Acquire);
+        if db_start == start {
+            let base = self.base.swap(db_total, Ordering::AcqRel);
+            self.used.fetch_add(db_total - base, Ordering::AcqRel);
+            self.persisted_start.store(start, Ordering::Release);
+        } else if db_start > start {
+            let used = self.used.load(Ordering::Acquire);
+            let pending = self.pending.load(Ordering::Acquire);
+            self.start.store(db_start, Ordering::Release);
+            self.end.store(rule.end_of(db_start), Ordering::Release);
+            self.used.fetch_add(db_total - used, Ordering::AcqRel);
+            self.pending.fetch_sub(pending, Ordering::AcqRel);
+            self.base.store(db_total, Ordering::Release);
+            self.persisted_start.store(db_start, Ordering::Release);
+        }
     }
 }
 
@@ -148,6 +235,7 @@ mod tests {
             (v.used, v.last_reset, v.resets_at),
             (0, 30_000_000, 30_000_000 + MIN)
         );
+        assert_eq!(c.flush_item(), None, "the reset endpoint persisted itself");
     }
 
     #[test]
@@ -157,5 +245,61 @@ mod tests {
         c.set_rule(&hour);
         let v = c.view(&hour, 2 * MIN);
         assert_eq!((v.used, v.resets_at), (7, 60 * MIN));
+    }
+
+    #[test]
+    fn a_flush_moves_pending_into_the_base() {
+        let c = Counter::new(100, 0, &minute());
+        c.add(&minute(), 1, 5);
+        let item = c.flush_item().unwrap();
+        assert_eq!(
+            item,
+            FlushItem {
+                start: 0,
+                delta: 5,
+                reset: false
+            }
+        );
+        c.add(&minute(), 2, 3);
+        c.flushed(item);
+        assert_eq!(
+            c.flush_item().unwrap().delta,
+            3,
+            "what came after the capture stays pending"
+        );
+        // Another replica added 50: the database reports 155 + 50.
+        c.absorb(&minute(), 155, 0);
+        assert_eq!(c.view(&minute(), 3).used, 158);
+    }
+
+    #[test]
+    fn a_delta_from_an_ended_window_is_dropped() {
+        let c = Counter::new(0, 0, &minute());
+        c.add(&minute(), 1, 5);
+        let item = c.flush_item().unwrap();
+        c.add(&minute(), MIN + 1, 2);
+        c.flushed(item);
+        let next = c.flush_item().unwrap();
+        assert_eq!(
+            next,
+            FlushItem {
+                start: MIN,
+                delta: 2,
+                reset: true
+            }
+        );
+    }
+
+    #[test]
+    fn a_window_another_replica_started_is_adopted() {
+        let c = Counter::new(0, 0, &minute());
+        c.add(&minute(), 1, 5);
+        c.absorb(&minute(), 9, MIN);
+        assert_eq!(c.view(&minute(), MIN + 1).used, 9);
+        assert_eq!(
+            c.flush_item(),
+            None,
+            "the old window's pending usage is gone"
+        );
     }
 }

@@ -45,6 +45,8 @@ struct Shard {
     seen: HashMap<DedupKey, Micros>,
     /// Sweep expired keys once the map grows past this.
     sweep_at: usize,
+    /// Keys recorded since the last flush took them.
+    unsaved: Vec<(DedupKey, Micros)>,
 }
 
 /// The keys seen recently.
@@ -76,7 +78,9 @@ impl Dedup {
                 return false;
             }
         }
-        shard.seen.insert(key, now.saturating_add(self.window));
+        let expires = now.saturating_add(self.window);
+        shard.seen.insert(key, expires);
+        shard.unsaved.push((key, expires));
         if shard.seen.len() > shard.sweep_at {
             shard.seen.retain(|_, expires| now < *expires);
             shard.sweep_at = (shard.seen.len() * 2).max(1024);
@@ -84,9 +88,28 @@ impl Dedup {
         true
     }
 
-    /// Forgets a key (an update that was recorded but then rejected as a whole).
-    pub fn forget(&self, key: DedupKey) {
-        self.shard(key).seen.remove(&key);
+    /// Loads keys persisted earlier (at start), without marking them unsaved.
+    pub fn preload(&self, keys: impl IntoIterator<Item = (DedupKey, Micros)>) {
+        for (key, expires) in keys {
+            self.shard(key).seen.insert(key, expires);
+        }
+    }
+
+    /// Takes the keys recorded since the last call, for the flush to persist.
+    pub fn take_unsaved(&self) -> Vec<(DedupKey, Micros)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            out.append(&mut shard.unsaved);
+        }
+        out
+    }
+
+    /// Gives back keys whose write failed, for the next flush.
+    pub fn restore_unsaved(&self, keys: Vec<(DedupKey, Micros)>) {
+        for (key, expires) in keys {
+            self.shard(key).unsaved.push((key, expires));
+        }
     }
 
     /// Drops every expired key.
@@ -139,6 +162,19 @@ mod tests {
                 assert_ne!(a, b);
             }
         }
+    }
+
+    #[test]
+    fn new_keys_wait_for_the_flush_and_preloaded_ones_do_not() {
+        let d = Dedup::new(10);
+        d.preload([(7, 100)]);
+        assert!(
+            !d.first_time(7, 5),
+            "a persisted key is still a duplicate after a restart"
+        );
+        assert!(d.first_time(8, 5));
+        assert_eq!(d.take_unsaved(), vec![(8, 15)]);
+        assert!(d.take_unsaved().is_empty());
     }
 
     #[test]

@@ -41,6 +41,26 @@ impl Budget {
         }
     }
 
+    /// A budget around an existing counter (a reload keeps the usage it holds).
+    pub fn with_counter(
+        id: Uuid,
+        spec: BudgetSpec,
+        counter: Arc<Counter>,
+        created_at: Micros,
+        updated_at: Micros,
+    ) -> Self {
+        let rule = spec.window_rule(created_at);
+        counter.set_rule(&rule);
+        Budget {
+            id,
+            spec,
+            rule,
+            counter,
+            created_at,
+            updated_at,
+        }
+    }
+
     /// The same budget with a new spec, sharing the counter so that usage and window start
     /// are kept. Call `publish_rule` once the change is committed.
     pub fn respec(&self, spec: BudgetSpec, now: Micros) -> Self {
@@ -133,6 +153,40 @@ impl RateLimit {
             created_at,
             updated_at,
         }
+    }
+
+    /// A rate limit around existing counters (a reload keeps the usage they hold).
+    pub fn with_counters(
+        id: Uuid,
+        spec: RateLimitSpec,
+        counters: (Arc<Counter>, Arc<Counter>),
+        created_at: Micros,
+        updated_at: Micros,
+    ) -> Self {
+        let token_rule = spec.tokens.window_rule();
+        let request_rule = spec.requests.window_rule();
+        counters.0.set_rule(rule_or_forever(&token_rule));
+        counters.1.set_rule(rule_or_forever(&request_rule));
+        RateLimit {
+            id,
+            spec,
+            token_rule,
+            request_rule,
+            tokens: counters.0,
+            requests: counters.1,
+            created_at,
+            updated_at,
+        }
+    }
+
+    /// The rule of the token dimension (a never-ending window when it has no duration).
+    pub fn token_rule(&self) -> &WindowRule {
+        rule_or_forever(&self.token_rule)
+    }
+
+    /// The rule of the request dimension.
+    pub fn request_rule(&self) -> &WindowRule {
+        rule_or_forever(&self.request_rule)
     }
 
     /// The same rate limit with a new spec, sharing the counters so that usage and window

@@ -6,6 +6,7 @@ pub mod counter;
 pub mod dedup;
 pub mod entities;
 pub mod level;
+pub mod rollup;
 pub mod store;
 pub mod usage;
 

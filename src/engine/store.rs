@@ -259,6 +259,15 @@ impl Store {
         self.current.load()
     }
 
+    /// Publishes a snapshot built elsewhere (a reload from the database).
+    pub fn replace(&self, snapshot: Snapshot) {
+        let _guard = self
+            .write
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.current.store(Arc::new(snapshot));
+    }
+
     /// Applies a change to a copy of the current snapshot and publishes it.
     pub fn update<R>(&self, change: impl FnOnce(&mut Snapshot) -> R) -> R {
         let _guard = self

@@ -3,7 +3,9 @@
 
 use super::check::{hierarchy, model_configs};
 use super::entities::{Limits, VirtualKey};
-use super::store::Snapshot;
+use std::sync::Arc;
+
+use super::store::{ResolvedKey, Snapshot};
 use crate::domain::{Micros, Money};
 
 /// One usage report, validated.
@@ -47,10 +49,12 @@ impl UsageEvent<'_> {
 }
 
 /// How an event was applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Applied {
+#[derive(Debug, Clone)]
+pub struct Applied<'a> {
     /// The event named a virtual key that no key has (nothing was charged at key level).
     pub unknown_key: bool,
+    /// The key charged, with its hierarchy.
+    pub key: Option<&'a Arc<ResolvedKey>>,
 }
 
 fn charge_limits(limits: &Limits, charge: &Charge, now: Micros) {
@@ -68,10 +72,14 @@ fn charge_limits(limits: &Limits, charge: &Charge, now: Micros) {
 }
 
 /// Applies one event to the counters of `s`, resolving the key's hierarchy as it is now.
-pub fn apply(s: &Snapshot, event: &UsageEvent<'_>, now: Micros) -> Applied {
+pub fn apply<'a>(s: &'a Snapshot, event: &UsageEvent<'_>, now: Micros) -> Applied<'a> {
+    let nothing = Applied {
+        unknown_key: false,
+        key: None,
+    };
     let charge = event.charge();
     if charge == Charge::default() {
-        return Applied { unknown_key: false };
+        return nothing;
     }
     let (provider, model) = (event.provider, event.model);
     if !provider.is_empty() && !model.is_empty() {
@@ -90,15 +98,21 @@ pub fn apply(s: &Snapshot, event: &UsageEvent<'_>, now: Micros) -> Applied {
         charge_limits(&u.limits, &charge, now);
     }
     let Some(value) = event.virtual_key.filter(|v| !v.is_empty()) else {
-        return Applied { unknown_key: false };
+        return nothing;
     };
     match s.keys_by_hash.get(&VirtualKey::hash_value(value)) {
         Some(key) => {
             for (_, _, limits) in hierarchy(key, provider) {
                 charge_limits(limits, &charge, now);
             }
-            Applied { unknown_key: false }
+            Applied {
+                unknown_key: false,
+                key: Some(key),
+            }
         }
-        None => Applied { unknown_key: true },
+        None => Applied {
+            unknown_key: true,
+            key: None,
+        },
     }
 }

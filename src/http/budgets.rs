@@ -11,6 +11,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath};
 use super::limits::{BudgetView, RateLimitView};
 use super::path_id;
+use super::AdminTx;
 use crate::db;
 use crate::domain::time::now_micros;
 use crate::state::AppState;
@@ -98,9 +99,9 @@ pub async fn reset_budget(
         .find_budget(key)
         .ok_or_else(|| ApiError::not_found("budget", &id))?;
     let now = now_micros();
-    let mut tx = state.db.begin().await?;
+    let mut tx = AdminTx::begin(&state).await?;
     db::reset_budget(&mut tx, key, now).await?;
-    tx.commit().await?;
+    tx.commit(&state).await?;
     budget.reset(now);
     Ok(ApiJson(BudgetMessage {
         message: "Budget reset successfully".to_owned(),
@@ -123,9 +124,9 @@ pub async fn reset_rate_limit(
         .find_rate_limit(key)
         .ok_or_else(|| ApiError::not_found("rate limit", &id))?;
     let now = now_micros();
-    let mut tx = state.db.begin().await?;
+    let mut tx = AdminTx::begin(&state).await?;
     db::reset_rate_limit(&mut tx, key, now).await?;
-    tx.commit().await?;
+    tx.commit(&state).await?;
     limit.reset(now);
     Ok(ApiJson(RateLimitMessage {
         message: "Rate limit reset successfully".to_owned(),

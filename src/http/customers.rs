@@ -15,6 +15,7 @@ use super::limits::{patch_limits, BudgetBody, LimitsView, RateLimitBody};
 use super::page::PageQuery;
 use super::teams::TeamView;
 use super::virtual_keys::VirtualKeyView;
+use super::AdminTx;
 use super::{path_id, text_field, Message};
 use crate::db::{self, LimitChanges};
 use crate::domain::time::{now_micros, serialize_rfc3339};
@@ -174,10 +175,10 @@ pub async fn create_customer(
         updated_at: now,
     };
     let _w = state.admin_writes.lock().await;
-    let mut tx = state.db.begin().await?;
+    let mut tx = AdminTx::begin(&state).await?;
     changes.write_upserts(&mut tx).await?;
     db::upsert_customer(&mut tx, &customer).await?;
-    tx.commit().await?;
+    tx.commit(&state).await?;
     let view = state.store.update(|s| {
         let view = CustomerView::new(&customer, s, now);
         s.put_customer(customer);
@@ -244,11 +245,11 @@ pub async fn update_customer(
         created_at: old.created_at,
         updated_at: now,
     };
-    let mut tx = state.db.begin().await?;
+    let mut tx = AdminTx::begin(&state).await?;
     changes.write_upserts(&mut tx).await?;
     db::upsert_customer(&mut tx, &customer).await?;
     changes.write_deletes(&mut tx).await?;
-    tx.commit().await?;
+    tx.commit(&state).await?;
     changes.publish();
     let view = state.store.update(|s| {
         let view = CustomerView::new(&customer, s, now);
@@ -278,10 +279,10 @@ pub async fn delete_customer(
         .ok_or_else(|| ApiError::not_found("customer", &id))?;
     let mut changes = LimitChanges::default();
     changes.remove_all(&old.limits);
-    let mut tx = state.db.begin().await?;
+    let mut tx = AdminTx::begin(&state).await?;
     db::delete_customer(&mut tx, key).await?;
     changes.write_deletes(&mut tx).await?;
-    tx.commit().await?;
+    tx.commit(&state).await?;
     state.store.update(|s| s.remove_customer(key));
     Ok(ApiJson(Message {
         message: "Customer deleted successfully".to_owned(),

@@ -35,6 +35,14 @@ pub async fn healthz() -> ApiJson<Health> {
 #[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
     responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
+    if !state.db_up.load(std::sync::atomic::Ordering::Acquire) {
+        return ApiError::Unavailable(
+            "database unreachable: the last flush failed; usage is kept in memory and will be \
+             written when it is back"
+                .to_owned(),
+        )
+        .into_response();
+    }
     let ping = tokio::time::timeout(std::time::Duration::from_secs(2), state.db.ping()).await;
     match ping
         .map_err(|_| "timed out".to_owned())
@@ -43,7 +51,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         Ok(()) => (StatusCode::OK, ApiJson(Health { status: "ok" })).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
-            ApiError::Unavailable("database unreachable".to_owned()).into_response()
+            ApiError::Unavailable(format!("database unreachable: {e}")).into_response()
         }
     }
 }

@@ -12,6 +12,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::limits::{patch_limits, BudgetBody, LimitsView, RateLimitBody};
 use super::page::PageQuery;
+use super::AdminTx;
 use super::{path_id, text_field, Message};
 use crate::db::{self, LimitChanges};
 use crate::domain::time::{now_micros, serialize_rfc3339};
@@ -122,11 +123,11 @@ async fn save(
     config: ModelConfig,
     changes: LimitChanges,
 ) -> Result<ModelConfigView, ApiError> {
-    let mut tx = state.db.begin().await?;
+    let mut tx = AdminTx::begin(state).await?;
     changes.write_upserts(&mut tx).await?;
     db::upsert_model_config(&mut tx, &config).await?;
     changes.write_deletes(&mut tx).await?;
-    tx.commit().await?;
+    tx.commit(state).await?;
     changes.publish();
     let view = ModelConfigView::new(&config, config.updated_at);
     state.store.update(|s| s.put_model_config(config));
@@ -295,10 +296,10 @@ pub async fn delete_model_config(
         .ok_or_else(|| ApiError::not_found("model config", &id))?;
     let mut changes = LimitChanges::default();
     changes.remove_all(&old.limits);
-    let mut tx = state.db.begin().await?;
+    let mut tx = AdminTx::begin(&state).await?;
     db::delete_model_config(&mut tx, key).await?;
     changes.write_deletes(&mut tx).await?;
-    tx.commit().await?;
+    tx.commit(&state).await?;
     state.store.update(|s| s.remove_model_config(key));
     Ok(ApiJson(Message {
         message: "Model config deleted successfully".to_owned(),

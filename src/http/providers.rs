@@ -11,6 +11,7 @@ use utoipa_axum::routes;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath};
 use super::limits::{patch_limits, BudgetBody, LimitsView, RateLimitBody};
+use super::AdminTx;
 use super::{text_field, Message};
 use crate::db::{self, LimitChanges};
 use crate::domain::time::{now_micros, serialize_rfc3339};
@@ -134,11 +135,11 @@ pub async fn update_provider(
         created_at: old.map_or(now, |o| o.created_at),
         updated_at: now,
     };
-    let mut tx = state.db.begin().await?;
+    let mut tx = AdminTx::begin(&state).await?;
     changes.write_upserts(&mut tx).await?;
     db::upsert_provider(&mut tx, &provider).await?;
     changes.write_deletes(&mut tx).await?;
-    tx.commit().await?;
+    tx.commit(&state).await?;
     changes.publish();
     let view = ProviderView::new(&provider, now);
     let message = if old.is_some() {
@@ -172,10 +173,10 @@ pub async fn delete_provider(
         .ok_or_else(|| ApiError::not_found("provider", &name))?;
     let mut changes = LimitChanges::default();
     changes.remove_all(&old.limits);
-    let mut tx = state.db.begin().await?;
+    let mut tx = AdminTx::begin(&state).await?;
     db::delete_provider(&mut tx, &name).await?;
     changes.write_deletes(&mut tx).await?;
-    tx.commit().await?;
+    tx.commit(&state).await?;
     state.store.update(|s| s.providers.remove(&name));
     Ok(ApiJson(Message {
         message: "Provider deleted successfully".to_owned(),

@@ -13,6 +13,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::limits::{patch_limits, BudgetBody, LimitsView, RateLimitBody};
 use super::page::PageQuery;
+use super::AdminTx;
 use super::{path_id, text_field, Message};
 use crate::db::{self, LimitChanges};
 use crate::domain::time::{now_micros, serialize_rfc3339};
@@ -186,10 +187,10 @@ pub async fn create_team(
         created_at: now,
         updated_at: now,
     };
-    let mut tx = state.db.begin().await?;
+    let mut tx = AdminTx::begin(&state).await?;
     changes.write_upserts(&mut tx).await?;
     db::upsert_team(&mut tx, &team).await?;
-    tx.commit().await?;
+    tx.commit(&state).await?;
     let team = TeamView::new(&team, now).and_insert(&state, team);
     Ok(ApiJson(TeamMessage {
         message: "Team created successfully".to_owned(),
@@ -267,11 +268,11 @@ pub async fn update_team(
         created_at: old.created_at,
         updated_at: now,
     };
-    let mut tx = state.db.begin().await?;
+    let mut tx = AdminTx::begin(&state).await?;
     changes.write_upserts(&mut tx).await?;
     db::upsert_team(&mut tx, &team).await?;
     changes.write_deletes(&mut tx).await?;
-    tx.commit().await?;
+    tx.commit(&state).await?;
     changes.publish();
     let team = TeamView::new(&team, now).and_insert(&state, team);
     Ok(ApiJson(TeamMessage {
@@ -297,10 +298,10 @@ pub async fn delete_team(
         .ok_or_else(|| ApiError::not_found("team", &id))?;
     let mut changes = LimitChanges::default();
     changes.remove_all(&old.limits);
-    let mut tx = state.db.begin().await?;
+    let mut tx = AdminTx::begin(&state).await?;
     db::delete_team(&mut tx, key).await?;
     changes.write_deletes(&mut tx).await?;
-    tx.commit().await?;
+    tx.commit(&state).await?;
     state.store.update(|s| s.remove_team(key));
     Ok(ApiJson(Message {
         message: "Team deleted successfully".to_owned(),

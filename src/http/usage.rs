@@ -13,6 +13,7 @@ use utoipa_axum::routes;
 use super::check::MAX_STRING;
 use super::error::{ApiError, ErrorBody, ItemError};
 use super::extract::ApiJson;
+use crate::config::AckMode;
 use crate::domain::time::now_micros;
 use crate::domain::{Micros, Money};
 use crate::engine::dedup::{dedup_key, DedupKey, Phase};
@@ -136,19 +137,49 @@ fn record(state: &AppState, valid: &Valid<'_>, now: Micros) -> bool {
     if applied.unknown_key {
         tracing::debug!("usage for an unknown virtual key: key levels skipped");
     }
+    let e = &valid.event;
+    state.rollups.record(
+        now,
+        applied.key.map(|k| k.as_ref()),
+        e.user_id.unwrap_or(""),
+        e.provider,
+        e.model,
+        &e.charge(),
+    );
     true
 }
+
+/// With `ack = "durable"`, waits until the flush that holds everything applied so far has
+/// committed.
+async fn acknowledge(state: &AppState) -> Result<(), ApiError> {
+    if state.config.ack == AckMode::Buffered {
+        return Ok(());
+    }
+    if state.signal.durable(DURABLE_TIMEOUT).await {
+        Ok(())
+    } else {
+        Err(ApiError::Unavailable(
+            "usage was applied in memory but could not be made durable in time (database \
+             unreachable); retry with the same request_id"
+                .to_owned(),
+        ))
+    }
+}
+
+/// How long a durable acknowledgement waits for its flush.
+const DURABLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Record what one request (or one streaming chunk) used.
 #[utoipa::path(post, path = "/v1/usage", tag = "gateway",
     request_body = UsageUpdate,
-    responses((status = 202, body = UsageAccepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
+    responses((status = 202, body = UsageAccepted), (status = 503, description = "ack = durable and the database is unreachable", body = ErrorBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
 pub async fn record_usage(
     State(state): State<AppState>,
     ApiJson(update): ApiJson<UsageUpdate>,
 ) -> Result<(StatusCode, ApiJson<UsageAccepted>), ApiError> {
     let valid = update.validate().map_err(ApiError::InvalidRequest)?;
     let applied = record(&state, &valid, now_micros());
+    acknowledge(&state).await?;
     Ok((
         StatusCode::ACCEPTED,
         ApiJson(UsageAccepted {
@@ -162,7 +193,7 @@ pub async fn record_usage(
 /// it with per-item details, and nothing is applied.
 #[utoipa::path(post, path = "/v1/usage/batch", tag = "gateway",
     request_body = UsageBatch,
-    responses((status = 202, body = BatchAccepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
+    responses((status = 202, body = BatchAccepted), (status = 503, description = "ack = durable and the database is unreachable", body = ErrorBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
 pub async fn record_usage_batch(
     State(state): State<AppState>,
     ApiJson(batch): ApiJson<UsageBatch>,
@@ -204,11 +235,14 @@ pub async fn record_usage_batch(
     }
     let now = now_micros();
     let accepted = valid.iter().filter(|v| record(&state, v, now)).count();
+    let duplicates = valid.len() - accepted;
+    drop(valid);
+    acknowledge(&state).await?;
     Ok((
         StatusCode::ACCEPTED,
         ApiJson(BatchAccepted {
             accepted,
-            duplicates: valid.len() - accepted,
+            duplicates,
         }),
     ))
 }

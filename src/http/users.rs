@@ -12,6 +12,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath};
 use super::limits::{patch_limits, LimitsView};
 use super::providers::LimitsBody;
+use super::AdminTx;
 use super::{text_field, Message};
 use crate::db::{self, LimitChanges};
 use crate::domain::time::{now_micros, serialize_rfc3339};
@@ -100,11 +101,11 @@ pub async fn update_user(
         created_at: old.map_or(now, |o| o.created_at),
         updated_at: now,
     };
-    let mut tx = state.db.begin().await?;
+    let mut tx = AdminTx::begin(&state).await?;
     changes.write_upserts(&mut tx).await?;
     db::upsert_user(&mut tx, &user).await?;
     changes.write_deletes(&mut tx).await?;
-    tx.commit().await?;
+    tx.commit(&state).await?;
     changes.publish();
     let view = UserView::new(&user, now);
     let message = if old.is_some() {
@@ -137,10 +138,10 @@ pub async fn delete_user(
         .ok_or_else(|| ApiError::not_found("user", &user_id))?;
     let mut changes = LimitChanges::default();
     changes.remove_all(&old.limits);
-    let mut tx = state.db.begin().await?;
+    let mut tx = AdminTx::begin(&state).await?;
     db::delete_user(&mut tx, &user_id).await?;
     changes.write_deletes(&mut tx).await?;
-    tx.commit().await?;
+    tx.commit(&state).await?;
     state.store.update(|s| s.users.remove(&user_id));
     Ok(ApiJson(Message {
         message: "User deleted successfully".to_owned(),

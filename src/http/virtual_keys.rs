@@ -17,6 +17,7 @@ use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::limits::{patch_limits, BudgetBody, LimitsView, RateLimitBody};
 use super::page::PageQuery;
 use super::teams::{customer_ref, filter_id};
+use super::AdminTx;
 use super::{path_id, text_field, Message};
 use crate::db::{self, LimitChanges};
 use crate::domain::time::{now_micros, serialize_rfc3339};
@@ -332,7 +333,7 @@ async fn save(
     removed_configs: &[Uuid],
     changes: LimitChanges,
 ) -> Result<VirtualKeyView, ApiError> {
-    let mut tx = state.db.begin().await?;
+    let mut tx = AdminTx::begin(state).await?;
     changes.write_upserts(&mut tx).await?;
     db::upsert_virtual_key(&mut tx, &vk).await?;
     for id in removed_configs {
@@ -342,7 +343,7 @@ async fn save(
         db::upsert_provider_config(&mut tx, vk.id, position, pc).await?;
     }
     changes.write_deletes(&mut tx).await?;
-    tx.commit().await?;
+    tx.commit(state).await?;
     changes.publish();
     let view = VirtualKeyView::new(&vk, vk.updated_at);
     state.store.update(|s| s.put_virtual_key(vk));
@@ -598,10 +599,10 @@ pub async fn delete_virtual_key(
     for pc in &old.provider_configs {
         changes.remove_all(&pc.limits);
     }
-    let mut tx = state.db.begin().await?;
+    let mut tx = AdminTx::begin(&state).await?;
     db::delete_virtual_key(&mut tx, key).await?;
     changes.write_deletes(&mut tx).await?;
-    tx.commit().await?;
+    tx.commit(&state).await?;
     state.store.update(|s| s.remove_virtual_key(key));
     Ok(ApiJson(Message {
         message: "Virtual key deleted successfully".to_owned(),

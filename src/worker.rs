@@ -1,0 +1,322 @@
+//! The background worker (SPEC §5): every `flush_interval` it rolls expired windows, writes
+//! resets and usage deltas to the database, reads back what other replicas wrote, reloads the
+//! configuration when another replica changed it, and persists idempotency keys and hourly
+//! rollups. `flush_once` is the whole of one tick; the loop only schedules it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::db::flush::{self, BudgetDelta, RateLimitDelta};
+use crate::db::{Db, DbError};
+use crate::domain::time::now_micros;
+use crate::domain::Micros;
+use crate::engine::counter::FlushItem;
+use crate::engine::dedup::{Dedup, DedupKey};
+use crate::engine::rollup::{RollupKey, RollupSums, Rollups};
+use crate::engine::{Budget, RateLimit, Store};
+
+/// The versions this process has seen of the shared clock.
+#[derive(Debug, Default)]
+pub struct Versions {
+    /// Configuration as of this version is in memory.
+    config: AtomicI64,
+    /// Usage written up to this version has been read back.
+    usage: AtomicI64,
+}
+
+impl Versions {
+    /// The versions read at start, with the state loaded then.
+    pub fn start_at(&self, config: i64, usage: i64) {
+        self.config.store(config, Ordering::Release);
+        self.usage.store(usage, Ordering::Release);
+    }
+
+    /// An admin change of this process committed as `version`: when it directly follows the
+    /// last version seen, memory is already current.
+    pub fn config_committed(&self, version: i64) {
+        let _ =
+            self.config
+                .compare_exchange(version - 1, version, Ordering::AcqRel, Ordering::Acquire);
+    }
+}
+
+/// Group commit for `ack = "durable"`: writers take a sequence number after applying their
+/// update, wake the worker, and wait until a committed flush covers their number.
+#[derive(Debug)]
+pub struct FlushSignal {
+    seq: AtomicU64,
+    durable: watch::Sender<u64>,
+    wake: Notify,
+}
+
+impl Default for FlushSignal {
+    fn default() -> Self {
+        FlushSignal {
+            seq: AtomicU64::new(0),
+            durable: watch::channel(0).0,
+            wake: Notify::new(),
+        }
+    }
+}
+
+impl FlushSignal {
+    /// Waits until everything applied before this call is committed; false on timeout.
+    pub async fn durable(&self, timeout: Duration) -> bool {
+        let mine = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut rx = self.durable.subscribe();
+        self.wake.notify_one();
+        tokio::time::timeout(timeout, rx.wait_for(|done| *done >= mine))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// What one tick did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FlushReport {
+    pub budgets_written: usize,
+    pub rate_limits_written: usize,
+    pub rollups_written: usize,
+    pub dedup_keys_written: usize,
+    pub counters_read_back: usize,
+    pub reloaded: bool,
+}
+
+/// Everything a flush touches.
+#[derive(Debug, Clone)]
+pub struct Flusher {
+    pub store: Arc<Store>,
+    pub db: Db,
+    pub dedup: Arc<Dedup>,
+    pub rollups: Arc<Rollups>,
+    pub versions: Arc<Versions>,
+    pub signal: Arc<FlushSignal>,
+    /// Whether the last flush reached the database.
+    pub db_up: Arc<AtomicBool>,
+    /// Held while reloading, so that no admin write interleaves with a reload.
+    pub admin_writes: Arc<tokio::sync::Mutex<()>>,
+}
+
+type Pending<T> = Vec<(Arc<T>, FlushItem, FlushItem)>;
+
+impl Flusher {
+    /// One tick: resets and deltas, read-back, reload, keys and rollups.
+    pub async fn flush_once(&self) -> Result<FlushReport, DbError> {
+        let result = self.flush_inner().await;
+        self.db_up.store(result.is_ok(), Ordering::Release);
+        result
+    }
+
+    async fn flush_inner(&self) -> Result<FlushReport, DbError> {
+        let now = now_micros();
+        // Everything applied up to here is in the counters read below.
+        let covered = self.signal.seq.load(Ordering::SeqCst);
+        let snapshot = self.store.snapshot();
+
+        let mut budgets: Pending<Budget> = Vec::new();
+        for b in snapshot.budgets() {
+            b.counter.roll(&b.rule, now);
+            if let Some(item) = b.counter.flush_item() {
+                budgets.push((Arc::clone(b), item, item));
+            }
+        }
+        let mut rates: Pending<RateLimit> = Vec::new();
+        for r in snapshot.rate_limits() {
+            r.tokens.roll(r.token_rule(), now);
+            r.requests.roll(r.request_rule(), now);
+            let (t, q) = (r.tokens.flush_item(), r.requests.flush_item());
+            if t.is_some() || q.is_some() {
+                let idle = |c: &crate::engine::counter::Counter| FlushItem {
+                    start: c.raw().1,
+                    delta: 0,
+                    reset: false,
+                };
+                rates.push((
+                    Arc::clone(r),
+                    t.unwrap_or_else(|| idle(&r.tokens)),
+                    q.unwrap_or_else(|| idle(&r.requests)),
+                ));
+            }
+        }
+        let rollups = self.rollups.drain();
+        let keys = self.dedup.take_unsaved();
+        let mut report = FlushReport {
+            budgets_written: budgets.len(),
+            rate_limits_written: rates.len(),
+            rollups_written: rollups.len(),
+            dedup_keys_written: keys.len(),
+            ..FlushReport::default()
+        };
+
+        if !(budgets.is_empty() && rates.is_empty() && rollups.is_empty() && keys.is_empty()) {
+            let budget_deltas: Vec<BudgetDelta> = budgets
+                .iter()
+                .map(|(b, item, _)| BudgetDelta {
+                    id: b.id,
+                    item: *item,
+                })
+                .collect();
+            let rate_deltas: Vec<RateLimitDelta> = rates
+                .iter()
+                .map(|(r, t, q)| RateLimitDelta {
+                    id: r.id,
+                    tokens: *t,
+                    requests: *q,
+                })
+                .collect();
+            let batch = Batch {
+                budgets: budget_deltas,
+                rates: rate_deltas,
+                rollups,
+                keys,
+            };
+            if let Err((e, batch)) = write(self.db.clone(), batch).await {
+                self.rollups.restore(batch.rollups);
+                self.dedup.restore_unsaved(batch.keys);
+                return Err(e);
+            }
+            for (b, item, _) in &budgets {
+                b.counter.flushed(*item);
+            }
+            for (r, t, q) in &rates {
+                r.tokens.flushed(*t);
+                r.requests.flushed(*q);
+            }
+        }
+        self.signal.durable.send_if_modified(|done| {
+            let advanced = covered > *done;
+            *done = (*done).max(covered);
+            advanced
+        });
+
+        let mut conn = self.db.acquire().await?;
+        let (config_version, usage_version) = flush::clock(&mut conn).await?;
+        let seen_usage = self.versions.usage.load(Ordering::Acquire);
+        if usage_version > seen_usage {
+            let budget_totals = flush::budgets_since(&mut conn, seen_usage).await?;
+            let rate_totals = flush::rate_limits_since(&mut conn, seen_usage).await?;
+            let by_id: HashMap<Uuid, &Arc<Budget>> =
+                snapshot.budgets().map(|b| (b.id, b)).collect();
+            for t in &budget_totals {
+                if let Some(b) = by_id.get(&t.id) {
+                    b.counter.absorb(&b.rule, t.used, t.last_reset);
+                }
+            }
+            let by_id: HashMap<Uuid, &Arc<RateLimit>> =
+                snapshot.rate_limits().map(|r| (r.id, r)).collect();
+            for t in &rate_totals {
+                if let Some(r) = by_id.get(&t.id) {
+                    r.tokens.absorb(r.token_rule(), t.tokens.0, t.tokens.1);
+                    r.requests
+                        .absorb(r.request_rule(), t.requests.0, t.requests.1);
+                }
+            }
+            report.counters_read_back = budget_totals.len() + rate_totals.len();
+            self.versions.usage.store(usage_version, Ordering::Release);
+        }
+        drop(conn);
+        if config_version != self.versions.config.load(Ordering::Acquire) {
+            let _writes = self.admin_writes.lock().await;
+            let current = self.store.snapshot();
+            let fresh = self.db.load(Some(&current)).await?;
+            self.store.replace(fresh);
+            self.versions
+                .config
+                .store(config_version, Ordering::Release);
+            report.reloaded = true;
+        }
+        Ok(report)
+    }
+
+    /// Drops expired idempotency keys from memory and the database.
+    pub async fn purge_dedup(&self) -> Result<u64, DbError> {
+        let now = now_micros();
+        self.dedup.purge(now);
+        let mut conn = self.db.acquire().await?;
+        flush::purge_dedup_keys(&mut conn, now).await
+    }
+}
+
+/// One flush's writes, owned so that they can be handed back when the write fails.
+struct Batch {
+    budgets: Vec<BudgetDelta>,
+    rates: Vec<RateLimitDelta>,
+    rollups: Vec<(RollupKey, RollupSums)>,
+    keys: Vec<(DedupKey, Micros)>,
+}
+
+/// Writes one flush in one transaction.
+async fn write(db: Db, batch: Batch) -> Result<(), (DbError, Batch)> {
+    match write_batch(&db, &batch).await {
+        Ok(()) => Ok(()),
+        Err(e) => Err((e, batch)),
+    }
+}
+
+async fn write_batch(db: &Db, batch: &Batch) -> Result<(), DbError> {
+    let mut tx = db.begin().await?;
+    if !(batch.budgets.is_empty() && batch.rates.is_empty()) {
+        let version = flush::next_usage_version(&mut tx).await?;
+        flush::write_budget_deltas(&mut tx, version, &batch.budgets).await?;
+        flush::write_rate_limit_deltas(&mut tx, version, &batch.rates).await?;
+    }
+    flush::add_rollups(&mut tx, &batch.rollups).await?;
+    flush::insert_dedup_keys(&mut tx, &batch.keys).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Longest wait between retries while the database is unreachable.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Purge expired idempotency keys every this many ticks.
+const PURGE_EVERY: u64 = 300;
+
+/// Ticks until `cancel` fires, then runs a final flush (retried a few times).
+pub async fn run(flusher: Flusher, interval: Duration, cancel: CancellationToken) {
+    let mut backoff = interval;
+    let mut ticks: u64 = 0;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            () = tokio::time::sleep(backoff) => {}
+            () = flusher.signal.wake.notified() => {}
+        }
+        ticks += 1;
+        match flusher.flush_once().await {
+            Ok(report) => {
+                if backoff != interval {
+                    tracing::info!("database reachable again; flushing resumed");
+                }
+                backoff = interval;
+                tracing::trace!(?report, "flushed");
+                if ticks % PURGE_EVERY == 0 {
+                    if let Err(e) = flusher.purge_dedup().await {
+                        tracing::warn!(error = %e, "purging expired idempotency keys failed");
+                    }
+                }
+            }
+            Err(e) => {
+                backoff = (backoff * 2).min(MAX_BACKOFF).max(interval);
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "flush failed; usage kept in memory");
+            }
+        }
+    }
+    for attempt in 1..=5 {
+        match flusher.flush_once().await {
+            Ok(_) => {
+                tracing::info!("final flush done");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, attempt, "final flush failed");
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+        }
+    }
+}
