@@ -320,3 +320,46 @@ pub async fn run(flusher: Flusher, interval: Duration, cancel: CancellationToken
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_durable_writer_waits_for_the_covering_flush() {
+        let signal = Arc::new(FlushSignal::default());
+        let worker = Arc::clone(&signal);
+        tokio::spawn(async move {
+            worker.wake.notified().await;
+            // A flush that takes a while, then covers everything applied before it began.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let covered = worker.seq.load(Ordering::SeqCst);
+            worker.durable.send_replace(covered);
+        });
+        let started = tokio::time::Instant::now();
+        assert!(signal.durable(Duration::from_secs(10)).await);
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_durable_writer_gives_up_when_nothing_commits() {
+        let signal = FlushSignal::default();
+        let started = tokio::time::Instant::now();
+        assert!(!signal.durable(Duration::from_secs(10)).await);
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn only_the_next_version_marks_memory_current() {
+        let v = Versions::default();
+        v.start_at(5, 0);
+        v.config_committed(6);
+        assert_eq!(v.config.load(Ordering::Acquire), 6);
+        v.config_committed(8);
+        assert_eq!(
+            v.config.load(Ordering::Acquire),
+            6,
+            "version 7 came from elsewhere: reload"
+        );
+    }
+}

@@ -4,6 +4,7 @@
 pub mod flush;
 mod load;
 mod migrate;
+pub mod report;
 mod rows;
 mod writes;
 

@@ -13,6 +13,7 @@ pub mod page;
 pub mod providers;
 pub mod teams;
 pub mod usage;
+pub mod usage_report;
 pub mod users;
 pub mod virtual_keys;
 
@@ -70,6 +71,7 @@ fn api_router(batch_max_body_bytes: usize) -> OpenApiRouter<AppState> {
         .merge(providers::router())
         .merge(model_configs::router())
         .merge(users::router())
+        .merge(usage_report::router())
 }
 
 /// The OpenAPI document, as served at `/openapi.json` and printed by `heimdall openapi`.

@@ -36,6 +36,7 @@ pub struct TestDb {
 enum Cleanup {
     File(PathBuf),
     Database(String),
+    None,
 }
 
 impl TestDb {
@@ -79,6 +80,28 @@ impl TestDb {
         }
     }
 
+    /// A handle on a database someone else owns (nothing is dropped at the end).
+    pub fn from_url(url: String) -> TestDb {
+        TestDb {
+            url,
+            cleanup: Cleanup::None,
+        }
+    }
+
+    /// One integer from the test database.
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        use sqlx::Row;
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&self.url).await.unwrap();
+        let row = sqlx::query(&format!("select cast(({sql}) as bigint)"))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        let value = row.try_get::<i64, _>(0).unwrap();
+        conn.close().await.unwrap();
+        value
+    }
+
     /// Runs SQL against the test database directly (to arrange state a test needs).
     pub async fn execute(&self, sql: &str) {
         sqlx::any::install_default_drivers();
@@ -92,6 +115,7 @@ impl TestDb {
             Cleanup::File(dir) => {
                 let _ = std::fs::remove_dir_all(dir);
             }
+            Cleanup::None => {}
             Cleanup::Database(name) => {
                 if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
                     let _ = sqlx::query(&format!("drop database if exists {name} with (force)"))
@@ -110,6 +134,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// Sent with every request when set.
     pub token: Option<String>,
+    /// The app's shared state, to drive the worker directly.
+    pub state: heimdall::state::AppState,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -132,6 +158,7 @@ impl TestApp {
     pub async fn start(config: Config) -> TestApp {
         let app = App::build(config.clone()).await.expect("app builds");
         let addr = app.local_addr();
+        let state = app.state().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             app.run(async {
@@ -145,6 +172,7 @@ impl TestApp {
             config,
             client: reqwest::Client::new(),
             token: None,
+            state,
             stop: Some(stop),
             task: Some(task),
         }
@@ -201,6 +229,11 @@ impl TestApp {
 
     pub async fn delete(&self, path: &str) -> (u16, Value) {
         self.send(self.client.delete(self.url(path))).await
+    }
+
+    /// Runs one worker tick now.
+    pub async fn flush(&self) -> heimdall::worker::FlushReport {
+        self.state.flusher().flush_once().await.expect("flush")
     }
 
     /// POSTs and expects 200, returning the body.

@@ -1,0 +1,89 @@
+//! `ack = "durable"`: an acknowledged update is in the database, even when the process is
+//! killed with SIGKILL under load.
+
+mod common;
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::TestDb;
+use serde_json::{json, Value};
+
+on_both_backends!(kill_9_under_load_loses_no_acknowledged_update);
+
+async fn kill_9_under_load_loses_no_acknowledged_update(db: &TestDb) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_heimdall"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--database-url",
+            &db.url,
+        ])
+        .env("HEIMDALL__ACK", "durable")
+        .env("HEIMDALL__FLUSH_INTERVAL", "1s")
+        .env("HEIMDALL__LOG_LEVEL", "warn")
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    for _ in 0..100 {
+        if client.get(format!("{base}/healthz")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let vk: Value = client
+        .post(format!("{base}/api/governance/virtual-keys"))
+        .json(&json!({"name": "k", "rate_limit": {"token_max_limit": 1000000000, "token_reset_duration": "1h"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let value = vk["virtual_key"]["value"].as_str().unwrap().to_owned();
+
+    let acked = Arc::new(AtomicI64::new(0));
+    let sent = Arc::new(AtomicI64::new(0));
+    let mut tasks = Vec::new();
+    for worker in 0..16 {
+        let (client, base, value) = (client.clone(), base.clone(), value.clone());
+        let (acked, sent) = (Arc::clone(&acked), Arc::clone(&sent));
+        tasks.push(tokio::spawn(async move {
+            for i in 0.. {
+                let body = json!({"virtual_key": value, "tokens_used": 1, "request_id": format!("w{worker}-{i}")});
+                sent.fetch_add(1, Ordering::SeqCst);
+                match client.post(format!("{base}/v1/usage")).json(&body).send().await {
+                    Ok(resp) if resp.status() == 202 => {
+                        acked.fetch_add(1, Ordering::SeqCst);
+                    }
+                    _ => return,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    for t in tasks {
+        let _ = t.await;
+    }
+    let acked = acked.load(Ordering::SeqCst);
+    assert!(acked > 50, "the load ran: {acked} acknowledged");
+    let stored = db
+        .scalar("select token_current_usage from rate_limits")
+        .await;
+    assert!(stored >= acked, "{stored} stored < {acked} acknowledged");
+    assert!(stored <= sent.load(Ordering::SeqCst));
+}

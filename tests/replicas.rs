@@ -1,0 +1,246 @@
+//! Several Heimdall processes on one PostgreSQL database: exact totals under concurrent usage,
+//! each replica seeing the others within a flush interval, one reset per window, and
+//! configuration made on one replica usable on the others.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{config_for, Backend, TestApp, TestDb};
+use serde_json::{json, Value};
+
+async fn replicas(db: &TestDb, n: usize) -> Vec<TestApp> {
+    let mut config = config_for(db);
+    config.flush_interval = Duration::from_millis(200);
+    let mut apps = Vec::new();
+    for _ in 0..n {
+        apps.push(TestApp::start(config.clone()).await);
+    }
+    apps
+}
+
+async fn stop_all(apps: Vec<TestApp>) {
+    for app in apps {
+        app.stop().await;
+    }
+}
+
+/// Waits a few intervals, then flushes every replica twice: everything written is read back
+/// everywhere.
+async fn settle(apps: &[TestApp]) {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..2 {
+        for app in apps {
+            app.flush().await;
+        }
+    }
+}
+
+async fn key_view(app: &TestApp, id: &str) -> Value {
+    let (status, body) = app.get(&format!("/api/governance/virtual-keys/{id}")).await;
+    assert_eq!(status, 200, "{body}");
+    body["virtual_key"].clone()
+}
+
+#[tokio::test]
+async fn three_replicas_keep_exact_totals_under_concurrent_usage() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let apps = replicas(&db, 3).await;
+    let vk = apps[0]
+        .create(
+            "/api/governance/virtual-keys",
+            json!({"name": "shared", "budget": {"max_limit": 1000.0, "reset_duration": "1d"},
+                   "rate_limit": {"token_max_limit": 100000000, "token_reset_duration": "1h"}}),
+        )
+        .await["virtual_key"]
+        .clone();
+    let value = vk["value"].as_str().unwrap().to_owned();
+    let id = vk["id"].as_str().unwrap().to_owned();
+    settle(&apps).await;
+
+    let per_replica = 150;
+    let mut tasks = Vec::new();
+    for app in &apps {
+        let (client, url, value) = (app.client.clone(), app.url("/v1/usage"), value.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..per_replica {
+                let body = json!({"virtual_key": value, "tokens_used": 3, "cost": 0.001});
+                let resp = client.post(&url).json(&body).send().await.unwrap();
+                assert_eq!(resp.status(), 202);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    settle(&apps).await;
+
+    let total = 3 * per_replica;
+    assert_eq!(
+        db.scalar("select token_current_usage from rate_limits")
+            .await,
+        3 * total
+    );
+    assert_eq!(
+        db.scalar("select current_usage from budgets").await,
+        total * 1_000_000
+    );
+    for app in &apps {
+        let view = key_view(app, &id).await;
+        assert_eq!(
+            view["rate_limit"]["token_current_usage"],
+            json!(3 * total),
+            "every replica sees the total"
+        );
+        assert!((view["budget"]["current_usage"].as_f64().unwrap() - 0.45).abs() < 1e-9);
+    }
+    stop_all(apps).await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn a_window_reset_under_concurrent_usage_happens_once() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let apps = replicas(&db, 3).await;
+    let vk = apps[0]
+        .create(
+            "/api/governance/virtual-keys",
+            json!({"name": "k", "rate_limit": {"token_max_limit": 1000000, "token_reset_duration": "3s"}}),
+        )
+        .await["virtual_key"]
+        .clone();
+    let value = vk["value"].as_str().unwrap().to_owned();
+    settle(&apps).await;
+    // Usage in the first window, then wait until it has ended.
+    for app in &apps {
+        app.post(
+            "/v1/usage",
+            json!({"virtual_key": value, "tokens_used": 1000}),
+        )
+        .await;
+    }
+    settle(&apps).await;
+    assert_eq!(
+        db.scalar("select token_current_usage from rate_limits")
+            .await,
+        3000
+    );
+    let resets_at = key_view(&apps[0], vk["id"].as_str().unwrap()).await["rate_limit"]
+        ["token_resets_at"]
+        .clone();
+    let end = heimdall::domain::time::parse_rfc3339(resets_at.as_str().unwrap()).unwrap();
+    let wait = end - heimdall::domain::time::now_micros() + 100_000;
+    tokio::time::sleep(Duration::from_micros(wait.max(0) as u64)).await;
+
+    // Every replica rolls the window on its first update and flushes a reset with its delta.
+    let mut tasks = Vec::new();
+    for app in &apps {
+        let (client, url, value) = (app.client.clone(), app.url("/v1/usage"), value.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..20 {
+                let resp = client
+                    .post(&url)
+                    .json(&json!({"virtual_key": value, "tokens_used": 5}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), 202);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for app in &apps {
+        app.flush().await;
+    }
+    for app in &apps {
+        app.flush().await;
+    }
+    assert_eq!(
+        db.scalar("select token_current_usage from rate_limits")
+            .await,
+        300,
+        "one reset, no post-reset usage dropped"
+    );
+    assert_eq!(
+        db.scalar("select token_last_reset from rate_limits").await,
+        end
+    );
+    for app in &apps {
+        let view = key_view(app, vk["id"].as_str().unwrap()).await;
+        assert_eq!(view["rate_limit"]["token_current_usage"], 300);
+    }
+    stop_all(apps).await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn configuration_made_on_one_replica_reaches_the_others() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let apps = replicas(&db, 2).await;
+    let vk = apps[0]
+        .create(
+            "/api/governance/virtual-keys",
+            json!({"name": "k", "budget": {"max_limit": 1.0, "reset_duration": "1d"}}),
+        )
+        .await["virtual_key"]
+        .clone();
+    let value = vk["value"].as_str().unwrap().to_owned();
+    let id = vk["id"].as_str().unwrap().to_owned();
+    // Within one interval (plus a margin), the other replica knows the key.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let (status, decision) = apps[1]
+        .post("/v1/check", json!({"virtual_key": value}))
+        .await;
+    assert_eq!(status, 200, "{decision}");
+    assert_eq!(decision["virtual_key_id"], json!(id));
+
+    apps[1]
+        .post("/v1/usage", json!({"virtual_key": value, "cost": 1.0}))
+        .await;
+    settle(&apps).await;
+    let (status, _) = apps[0]
+        .post("/v1/check", json!({"virtual_key": value}))
+        .await;
+    assert_eq!(status, 402, "usage on one replica blocks on the other");
+
+    // A limit raised on replica 0 keeps the usage everywhere.
+    apps[0]
+        .put(
+            &format!("/api/governance/virtual-keys/{id}"),
+            json!({"budget": {"max_limit": 5.0}}),
+        )
+        .await;
+    settle(&apps).await;
+    let view = key_view(&apps[1], &id).await;
+    assert_eq!(view["budget"]["max_limit"], 5.0);
+    assert_eq!(view["budget"]["current_usage"], 1.0);
+    assert_eq!(
+        apps[1]
+            .post("/v1/check", json!({"virtual_key": value}))
+            .await
+            .0,
+        200
+    );
+
+    apps[1]
+        .delete(&format!("/api/governance/virtual-keys/{id}"))
+        .await;
+    settle(&apps).await;
+    let (status, decision) = apps[0]
+        .post("/v1/check", json!({"virtual_key": value}))
+        .await;
+    assert_eq!(
+        (status, decision["decision"].clone()),
+        (403, json!("virtual_key_not_found"))
+    );
+    stop_all(apps).await;
+    db.drop_db().await;
+}

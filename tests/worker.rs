@@ -1,0 +1,315 @@
+//! The worker on both backends: nothing lost on restart or SIGTERM, idempotency across a
+//! restart, idle ticks that write nothing, and rollups that add up to the counters.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{assert_error, config_for, TestApp, TestDb};
+use serde_json::{json, Value};
+
+on_both_backends!(
+    a_restart_keeps_every_counter_exactly,
+    sigterm_flushes_before_the_process_exits,
+    idempotency_keys_survive_a_restart,
+    an_idle_tick_writes_nothing,
+    rollups_add_up_to_the_counters,
+    windows_that_ended_while_down_are_reset_at_start,
+);
+
+const LIMITS: &str = r#"{"budget": {"max_limit": 1000.0, "reset_duration": "1d"},
+    "rate_limit": {"token_max_limit": 1000000, "token_reset_duration": "1h", "request_max_limit": 100000, "request_reset_duration": "1h"}}"#;
+
+fn limits() -> Value {
+    serde_json::from_str(LIMITS).unwrap()
+}
+
+/// A customer, a team under it and a key under the team, each with both limits.
+async fn hierarchy(app: &TestApp) -> (String, String) {
+    let mut c = limits();
+    c["name"] = json!("c");
+    let cid = app.create("/api/governance/customers", c).await["customer"]["id"].clone();
+    let mut t = limits();
+    t["name"] = json!("t");
+    t["customer_id"] = cid;
+    let tid = app.create("/api/governance/teams", t).await["team"]["id"].clone();
+    let mut k = limits();
+    k["name"] = json!("k");
+    k["team_id"] = tid;
+    let vk = app.create("/api/governance/virtual-keys", k).await["virtual_key"].clone();
+    (
+        vk["value"].as_str().unwrap().to_owned(),
+        vk["id"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn usage(app: &TestApp, body: Value) -> Value {
+    let (status, body) = app.post("/v1/usage", body).await;
+    assert_eq!(status, 202, "{body}");
+    body
+}
+
+async fn limits_view(app: &TestApp) -> (Value, Value) {
+    (
+        app.get("/api/governance/budgets").await.1,
+        app.get("/api/governance/rate-limits").await.1,
+    )
+}
+
+async fn a_restart_keeps_every_counter_exactly(db: &TestDb) {
+    let app = TestApp::start(config_for(db)).await;
+    let (value, _) = hierarchy(&app).await;
+    for i in 0..50 {
+        usage(&app, json!({"virtual_key": value, "provider": "openai", "model": "gpt-4o", "tokens_used": i, "cost": 0.000001 * f64::from(i)})).await;
+    }
+    let before = limits_view(&app).await;
+    assert_eq!(before.0["budgets"][0]["current_usage"], 0.001225);
+    let app = app.restart().await;
+    assert_eq!(limits_view(&app).await, before);
+    app.stop().await;
+    assert_eq!(
+        db.scalar("select sum(token_current_usage) from rate_limits")
+            .await,
+        3 * 1225
+    );
+}
+
+async fn sigterm_flushes_before_the_process_exits(db: &TestDb) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_heimdall"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--database-url",
+                &db.url,
+            ])
+            .env("HEIMDALL__FLUSH_INTERVAL", "1h")
+            .env("HEIMDALL__LOG_LEVEL", "warn")
+            .spawn()
+            .unwrap()
+    };
+    let mut child = spawn();
+    let client = reqwest::Client::new();
+    let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+    for _ in 0..100 {
+        if client.get(url("/healthz")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let vk: Value = client
+        .post(url("/api/governance/virtual-keys"))
+        .json(&json!({"name": "k", "budget": {"max_limit": 10.0, "reset_duration": "1d"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let value = vk["virtual_key"]["value"].as_str().unwrap();
+    for _ in 0..10 {
+        let resp = client
+            .post(url("/v1/usage"))
+            .json(&json!({"virtual_key": value, "cost": 0.25}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+    }
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(
+        db.scalar("select current_usage from budgets").await,
+        2_500_000_000,
+        "the final flush wrote the usage"
+    );
+}
+
+async fn idempotency_keys_survive_a_restart(db: &TestDb) {
+    let app = TestApp::start(config_for(db)).await;
+    let (value, _) = hierarchy(&app).await;
+    let u = json!({"virtual_key": value, "tokens_used": 7, "request_id": "req-42"});
+    assert_eq!(usage(&app, u.clone()).await["duplicate"], false);
+    let app = app.restart().await;
+    assert_eq!(
+        usage(&app, u).await["duplicate"],
+        true,
+        "a retry after a restart is still a duplicate"
+    );
+    let (_, limits) = limits_view(&app).await;
+    assert_eq!(limits["rate_limits"][0]["token_current_usage"], 7);
+    app.stop().await;
+}
+
+async fn an_idle_tick_writes_nothing(db: &TestDb) {
+    let app = TestApp::start(config_for(db)).await;
+    let (value, _) = hierarchy(&app).await;
+    usage(
+        &app,
+        json!({"virtual_key": value, "tokens_used": 5, "cost": 0.5, "request_id": "r"}),
+    )
+    .await;
+    let busy = app.flush().await;
+    assert_eq!((busy.budgets_written, busy.rate_limits_written), (3, 3));
+    assert_eq!((busy.rollups_written, busy.dedup_keys_written), (1, 1));
+    let version = db.scalar("select usage_version from heimdall_clock").await;
+    let idle = app.flush().await;
+    assert_eq!(
+        idle,
+        heimdall::worker::FlushReport::default(),
+        "an idle tick writes and reads back nothing"
+    );
+    assert_eq!(
+        db.scalar("select usage_version from heimdall_clock").await,
+        version
+    );
+    app.stop().await;
+}
+
+async fn rollups_add_up_to_the_counters(db: &TestDb) {
+    let app = TestApp::start(config_for(db)).await;
+    let (value, key_id) = hierarchy(&app).await;
+    let mut expected_cost = 0.0;
+    for i in 0..20 {
+        let model = if i % 2 == 0 { "gpt-4o" } else { "gpt-4o-mini" };
+        let user = format!("u{}", i % 3);
+        usage(&app, json!({"virtual_key": value, "provider": "openai", "model": model, "user_id": user, "tokens_used": 100, "cost": 0.01})).await;
+        expected_cost += 0.01;
+    }
+    usage(
+        &app,
+        json!({"provider": "anthropic", "model": "claude", "tokens_used": 1, "cost": 1.0}),
+    )
+    .await;
+    usage(
+        &app,
+        json!({"virtual_key": value, "success": false, "tokens_used": 99, "cost": 9.0}),
+    )
+    .await;
+    app.flush().await;
+
+    let (status, report) = app
+        .get("/api/governance/usage?group_by=virtual_key,model")
+        .await;
+    assert_eq!(status, 200, "{report}");
+    let rows = report["usage"].as_array().unwrap();
+    assert_eq!(report["count"], 3);
+    let for_key: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r["virtual_key_id"] == json!(key_id))
+        .collect();
+    assert_eq!(for_key.len(), 2);
+    let tokens: i64 = for_key.iter().map(|r| r["tokens"].as_i64().unwrap()).sum();
+    let requests: i64 = for_key
+        .iter()
+        .map(|r| r["requests"].as_i64().unwrap())
+        .sum();
+    let cost: f64 = for_key.iter().map(|r| r["cost"].as_f64().unwrap()).sum();
+    let (budgets, limits) = limits_view(&app).await;
+    assert_eq!(
+        tokens,
+        limits["rate_limits"][0]["token_current_usage"]
+            .as_i64()
+            .unwrap()
+    );
+    assert_eq!(
+        requests,
+        limits["rate_limits"][0]["request_current_usage"]
+            .as_i64()
+            .unwrap()
+    );
+    assert!((cost - budgets["budgets"][0]["current_usage"].as_f64().unwrap()).abs() < 1e-9);
+    assert!((cost - expected_cost).abs() < 1e-9);
+    let keyless = rows.iter().find(|r| r["virtual_key_id"].is_null()).unwrap();
+    assert_eq!(
+        (keyless["model"].clone(), keyless["cost"].clone()),
+        (json!("claude"), json!(1.0))
+    );
+
+    let (_, by_user) = app
+        .get(&format!(
+            "/api/governance/usage?bucket=day&group_by=user&virtual_key_id={key_id}"
+        ))
+        .await;
+    let users: Vec<(&str, i64)> = by_user["usage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["user_id"].as_str().unwrap(),
+                r["requests"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(users, vec![("u0", 7), ("u1", 7), ("u2", 6)]);
+    let (_, total) = app.get("/api/governance/usage?provider=openai").await;
+    assert_eq!(total["usage"][0]["requests"], 20);
+    assert!(
+        total["usage"][0].get("model").is_none(),
+        "only grouped fields are shown"
+    );
+
+    assert_error(
+        &app.get("/api/governance/usage?bucket=week").await,
+        400,
+        "invalid_request",
+    );
+    assert_error(
+        &app.get("/api/governance/usage?group_by=planet").await,
+        400,
+        "invalid_request",
+    );
+    assert_error(
+        &app.get("/api/governance/usage?from=yesterday").await,
+        400,
+        "invalid_request",
+    );
+    assert_error(
+        &app.get("/api/governance/usage?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z")
+            .await,
+        400,
+        "invalid_request",
+    );
+    app.stop().await;
+}
+
+async fn windows_that_ended_while_down_are_reset_at_start(db: &TestDb) {
+    let app = TestApp::start(config_for(db)).await;
+    hierarchy(&app).await;
+    let config = app.stop().await;
+    // Usage in windows that ended long ago.
+    db.execute(
+        "update budgets set current_usage = 5000000000, last_reset = 1000000; \
+                update rate_limits set token_current_usage = 77, token_last_reset = 1000000, \
+                request_current_usage = 3, request_last_reset = 1000000;",
+    )
+    .await;
+    let app = TestApp::start(config).await;
+    app.stop().await;
+    assert_eq!(db.scalar("select sum(current_usage) from budgets").await, 0);
+    assert_eq!(
+        db.scalar("select sum(token_current_usage + request_current_usage) from rate_limits")
+            .await,
+        0
+    );
+    assert_eq!(
+        db.scalar("select count(*) from budgets where last_reset = 1000000")
+            .await,
+        0,
+        "every level was reset at start"
+    );
+}
