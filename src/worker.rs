@@ -154,6 +154,8 @@ impl Flusher {
             ..FlushReport::default()
         };
 
+        // The usage version of this flush's own writes: those rows need no read-back.
+        let mut own_version = 0;
         if !(budgets.is_empty() && rates.is_empty() && rollups.is_empty() && keys.is_empty()) {
             let budget_deltas: Vec<BudgetDelta> = budgets
                 .iter()
@@ -176,10 +178,13 @@ impl Flusher {
                 rollups,
                 keys,
             };
-            if let Err((e, batch)) = write(self.db.clone(), batch).await {
-                self.rollups.restore(batch.rollups);
-                self.dedup.restore_unsaved(batch.keys);
-                return Err(e);
+            match write(self.db.clone(), batch).await {
+                Ok(version) => own_version = version,
+                Err((e, batch)) => {
+                    self.rollups.restore(batch.rollups);
+                    self.dedup.restore_unsaved(batch.keys);
+                    return Err(e);
+                }
             }
             for (b, item, _) in &budgets {
                 b.counter.flushed(*item);
@@ -198,7 +203,11 @@ impl Flusher {
         let mut conn = self.db.acquire().await?;
         let (config_version, usage_version) = flush::clock(&mut conn).await?;
         let seen_usage = self.versions.usage.load(Ordering::Acquire);
-        if usage_version > seen_usage {
+        // When this flush's own write is the only one since the last read-back, memory already
+        // holds every total: nothing to read. Otherwise read every row newer than what was
+        // seen, ours included (a later write of ours may hide another replica's in between).
+        let only_own = own_version == seen_usage + 1 && usage_version == own_version;
+        if usage_version > seen_usage && !only_own {
             let budget_totals = flush::budgets_since(&mut conn, seen_usage).await?;
             let rate_totals = flush::rate_limits_since(&mut conn, seen_usage).await?;
             let by_id: HashMap<Uuid, &Arc<Budget>> =
@@ -218,8 +227,10 @@ impl Flusher {
                 }
             }
             report.counters_read_back = budget_totals.len() + rate_totals.len();
-            self.versions.usage.store(usage_version, Ordering::Release);
         }
+        self.versions
+            .usage
+            .fetch_max(usage_version, Ordering::AcqRel);
         drop(conn);
         if config_version != self.versions.config.load(Ordering::Acquire) {
             let _writes = self.admin_writes.lock().await;
@@ -251,25 +262,27 @@ struct Batch {
     keys: Vec<(DedupKey, Micros)>,
 }
 
-/// Writes one flush in one transaction.
-async fn write(db: Db, batch: Batch) -> Result<(), (DbError, Batch)> {
+/// Writes one flush in one transaction; the usage version it took (0: none).
+async fn write(db: Db, batch: Batch) -> Result<i64, (DbError, Batch)> {
     match write_batch(&db, &batch).await {
-        Ok(()) => Ok(()),
+        Ok(version) => Ok(version),
         Err(e) => Err((e, batch)),
     }
 }
 
-async fn write_batch(db: &Db, batch: &Batch) -> Result<(), DbError> {
+async fn write_batch(db: &Db, batch: &Batch) -> Result<i64, DbError> {
+    let backend = db.backend();
     let mut tx = db.begin().await?;
+    let mut version = 0;
     if !(batch.budgets.is_empty() && batch.rates.is_empty()) {
-        let version = flush::next_usage_version(&mut tx).await?;
-        flush::write_budget_deltas(&mut tx, version, &batch.budgets).await?;
-        flush::write_rate_limit_deltas(&mut tx, version, &batch.rates).await?;
+        version = flush::next_usage_version(&mut tx).await?;
+        flush::write_budget_deltas(&mut tx, backend, version, &batch.budgets).await?;
+        flush::write_rate_limit_deltas(&mut tx, backend, version, &batch.rates).await?;
     }
     flush::add_rollups(&mut tx, &batch.rollups).await?;
     flush::insert_dedup_keys(&mut tx, &batch.keys).await?;
     tx.commit().await?;
-    Ok(())
+    Ok(version)
 }
 
 /// Longest wait between retries while the database is unreachable.

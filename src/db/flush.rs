@@ -8,7 +8,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::rows::{parse_uuid, uuid_text};
-use super::{Conn, DbError};
+use super::{Backend, Conn, DbError};
 use crate::domain::Micros;
 use crate::engine::counter::FlushItem;
 use crate::engine::dedup::DedupKey;
@@ -17,6 +17,14 @@ use crate::engine::rollup::{RollupKey, RollupSums};
 /// Rows per statement: large enough that a flush is a handful of round trips, small enough to
 /// keep statements and bind lists within both backends' limits.
 const CHUNK: usize = 5_000;
+
+/// PostgreSQL takes a whole flush in one statement per table (arrays cost nothing to plan).
+fn chunk_size(backend: Backend) -> usize {
+    match backend {
+        Backend::Postgres => 200_000,
+        Backend::Sqlite => CHUNK,
+    }
+}
 const ROLLUP_CHUNK: usize = 2_000;
 
 /// A budget's pending change.
@@ -80,8 +88,47 @@ pub async fn clock(c: &mut Conn) -> Result<(i64, i64), DbError> {
     Ok((row.try_get(0)?, row.try_get(1)?))
 }
 
-/// `(select column1 as a, … from (values (…), …) as t) as v` with the literals given; only
-/// ids we generated (UUIDs) and integers are inlined.
+/// The rows of a flush as a table `v` with the given columns, each column a list of literals
+/// (only ids we generated — UUIDs — and integers, so inlining is safe). PostgreSQL gets
+/// `unnest` over array literals: one constant per column, planned in microseconds whatever the
+/// row count; SQLite gets a `values` list.
+fn rows_table(backend: Backend, columns: &[(&str, &str)], data: &[Vec<String>]) -> String {
+    match backend {
+        Backend::Postgres => {
+            let arrays: Vec<String> = columns
+                .iter()
+                .zip(data)
+                .map(|((_, ty), values)| format!("'{{{}}}'::{ty}[]", values.join(",")))
+                .collect();
+            let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
+            format!("unnest({}) as v({})", arrays.join(", "), names.join(", "))
+        }
+        Backend::Sqlite => {
+            let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
+            let rows = data.first().map_or(0, Vec::len);
+            let quote = |ty: &str, v: &str| {
+                if ty == "text" {
+                    format!("'{v}'")
+                } else {
+                    v.to_owned()
+                }
+            };
+            values_table(
+                &names,
+                &mut (0..rows).map(|i| {
+                    columns
+                        .iter()
+                        .zip(data)
+                        .map(|((_, ty), values)| quote(ty, &values[i]))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }),
+            )
+        }
+    }
+}
+
+/// `(select column1 as a, … from (values (…), …) as t) as v`.
 fn values_table(columns: &[&str], rows: &mut dyn Iterator<Item = String>) -> String {
     let mut sql = String::from("(select ");
     for (i, name) in columns.iter().enumerate() {
@@ -108,15 +155,19 @@ fn values_table(columns: &[&str], rows: &mut dyn Iterator<Item = String>) -> Str
 /// moved on) keeps its value: our delta belongs to an ended window and is dropped.
 pub async fn write_budget_deltas(
     c: &mut Conn,
+    backend: Backend,
     version: i64,
     deltas: &[BudgetDelta],
 ) -> Result<(), DbError> {
-    for chunk in deltas.chunks(CHUNK) {
-        let table = values_table(
-            &["id", "start", "delta"],
-            &mut chunk
-                .iter()
-                .map(|d| format!("'{}', {}, {}", d.id, d.item.start, d.item.delta)),
+    for chunk in deltas.chunks(chunk_size(backend)) {
+        let table = rows_table(
+            backend,
+            &[("id", "text"), ("start", "bigint"), ("delta", "bigint")],
+            &[
+                chunk.iter().map(|d| d.id.to_string()).collect(),
+                chunk.iter().map(|d| d.item.start.to_string()).collect(),
+                chunk.iter().map(|d| d.item.delta.to_string()).collect(),
+            ],
         );
         let sql = format!(
             "update budgets set \
@@ -136,18 +187,27 @@ pub async fn write_budget_deltas(
 /// The same for both dimensions of rate limits.
 pub async fn write_rate_limit_deltas(
     c: &mut Conn,
+    backend: Backend,
     version: i64,
     deltas: &[RateLimitDelta],
 ) -> Result<(), DbError> {
-    for chunk in deltas.chunks(CHUNK) {
-        let table = values_table(
-            &["id", "ts", "td", "rs", "rd"],
-            &mut chunk.iter().map(|d| {
-                format!(
-                    "'{}', {}, {}, {}, {}",
-                    d.id, d.tokens.start, d.tokens.delta, d.requests.start, d.requests.delta
-                )
-            }),
+    for chunk in deltas.chunks(chunk_size(backend)) {
+        let table = rows_table(
+            backend,
+            &[
+                ("id", "text"),
+                ("ts", "bigint"),
+                ("td", "bigint"),
+                ("rs", "bigint"),
+                ("rd", "bigint"),
+            ],
+            &[
+                chunk.iter().map(|d| d.id.to_string()).collect(),
+                chunk.iter().map(|d| d.tokens.start.to_string()).collect(),
+                chunk.iter().map(|d| d.tokens.delta.to_string()).collect(),
+                chunk.iter().map(|d| d.requests.start.to_string()).collect(),
+                chunk.iter().map(|d| d.requests.delta.to_string()).collect(),
+            ],
         );
         let dimension = |p: &str, s: &str, d: &str| {
             format!(
