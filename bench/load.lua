@@ -12,25 +12,28 @@ end
 math.randomseed(os.time())
 local requests = {}
 
-local function event(key)
+-- Each key has its own user (rollups then hold one row per key and hour, as with real
+-- applications behind keys).
+local function event(i)
   return string.format(
     '{"virtual_key":"%s","provider":"openai","model":"gpt-4o","success":true,"tokens_used":%d,"cost":0.0123,"user_id":"u-%d"}',
-    key, math.random(1, 4000), math.random(1, 1000))
+    keys[i], math.random(1, 4000), i)
 end
 
 local headers = {["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. token}
 for i = 1, 512 do
-  local key = keys[math.random(#keys)]
+  local k = math.random(#keys)
+  local key = keys[k]
   if mode == "healthz" then
     requests[i] = wrk.format("GET", "/healthz", headers)
   elseif mode == "usage" then
-    requests[i] = wrk.format("POST", "/v1/usage", headers, event(key))
+    requests[i] = wrk.format("POST", "/v1/usage", headers, event(k))
   elseif mode == "check" then
-    local body = string.format('{"virtual_key":"%s","provider":"openai","model":"gpt-4o","user_id":"u-%d"}', key, math.random(1, 1000))
+    local body = string.format('{"virtual_key":"%s","provider":"openai","model":"gpt-4o","user_id":"u-%d"}', key, k)
     requests[i] = wrk.format("POST", "/v1/check", headers, body)
   elseif mode == "batch" and i <= 16 then
     local items = {}
-    for j = 1, batch do items[j] = event(keys[math.random(#keys)]) end
+    for j = 1, batch do items[j] = event(math.random(#keys)) end
     requests[i] = wrk.format("POST", "/v1/usage/batch", headers, '{"updates":[' .. table.concat(items, ",") .. ']}')
   end
 end

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Load benchmark: Heimdall on SQLite with 10 000 keys in a customer/team hierarchy, measured
 # with wrk against /healthz (the machine's ceiling), /v1/usage, /v1/check and /v1/usage/batch,
-# all in one run, with the ratios the targets are stated in.
+# then /v1/usage again after a restart with ack = "durable", all in one run, with the ratios the
+# targets are stated in.
 #   bench/load.sh                    # defaults below
 #   DURATION=20s CONNECTIONS=64 KEYS=10000 bench/load.sh
 set -euo pipefail
@@ -19,10 +20,14 @@ cargo build --release --locked --quiet
 work=$(mktemp -d)
 trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 
-HEIMDALL__AUTH__ADMIN_TOKENS=$TOKEN HEIMDALL__AUTH__GATEWAY_TOKENS=$TOKEN HEIMDALL__LOG_LEVEL=warn \
-    ./target/release/heimdall serve --listen "127.0.0.1:$PORT" --database-url "sqlite://$work/bench.db" &
-pid=$!
-for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.2; done
+start_server() {
+    HEIMDALL__AUTH__ADMIN_TOKENS=$TOKEN HEIMDALL__AUTH__GATEWAY_TOKENS=$TOKEN HEIMDALL__LOG_LEVEL=warn \
+        HEIMDALL__ACK=$1 ./target/release/heimdall serve --listen "127.0.0.1:$PORT" \
+        --database-url "sqlite://$work/bench.db" &
+    pid=$!
+    for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.2; done
+}
+start_server buffered
 
 start=$(date +%s.%N)
 python3 bench/setup.py 127.0.0.1 "$PORT" "$TOKEN" "$KEYS" "$work/keys.txt"
@@ -39,6 +44,12 @@ export KEYS_TOTAL=$KEYS
 results=$(for mode in healthz usage check batch; do run "$mode"; done)
 echo "$results"
 rss_kib=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+kill "$pid"; wait "$pid" || true
+start_server durable
+durable=$(run usage | sed 's/^RESULT usage/RESULT durable/')
+echo "$durable"
+results="$results
+$durable"
 
 echo "$results" | awk -v batch="$BATCH" -v rss="$rss_kib" -v conns="$CONNECTIONS" '
     { split($3, r, "="); split($5, p, "="); rps[$2] = r[2]; p99[$2] = p[2] }
@@ -47,5 +58,6 @@ echo "$results" | awk -v batch="$BATCH" -v rss="$rss_kib" -v conns="$CONNECTIONS
         printf "usage: %.0f req/s = %.0f%% of healthz (target >= 60%%); p99 %.2f ms = %.2fx healthz p99 (target <= 2x)\n", rps["usage"], 100 * rps["usage"] / rps["healthz"], p99["usage"], p99["usage"] / p99["healthz"]
         printf "check: %.0f req/s = %.0f%% of healthz (target >= 60%%); p99 %.2f ms = %.2fx healthz p99 (target <= 2x)\n", rps["check"], 100 * rps["check"] / rps["healthz"], p99["check"], p99["check"] / p99["healthz"]
         printf "batch: %.0f events/s in batches of %d (target >= 1000000)\n", rps["batch"] * batch, batch
+        printf "durable usage: %.0f req/s = %.0f%% of buffered (target >= 20%%); p99 %.2f ms (target < 20 ms)\n", rps["durable"], 100 * rps["durable"] / rps["usage"], p99["durable"]
         printf "rss after load: %.1f MiB (target < 100 MiB)\n", rss / 1024
     }'

@@ -18,6 +18,7 @@ use crate::domain::time::now_micros;
 use crate::domain::Micros;
 use crate::engine::counter::FlushItem;
 use crate::engine::dedup::{Dedup, DedupKey};
+use crate::engine::dirty::Dirty;
 use crate::engine::rollup::{RollupKey, RollupSums, Rollups};
 use crate::engine::{Budget, RateLimit, Store};
 
@@ -106,28 +107,65 @@ pub struct Flusher {
 type Pending<T> = Vec<(Arc<T>, FlushItem, FlushItem)>;
 
 impl Flusher {
-    /// One tick: resets and deltas, read-back, reload, keys and rollups.
+    /// One full tick: every counter's window and delta, read-back, reload, keys, rollups.
     pub async fn flush_once(&self) -> Result<FlushReport, DbError> {
-        let result = self.flush_inner().await;
+        let result = self.flush_inner(true).await;
         self.db_up.store(result.is_ok(), Ordering::Release);
         result
     }
 
-    async fn flush_inner(&self) -> Result<FlushReport, DbError> {
+    /// A tick for durable writers: only the counters changed since the last flush.
+    pub async fn flush_dirty(&self) -> Result<FlushReport, DbError> {
+        let result = self.flush_inner(false).await;
+        self.db_up.store(result.is_ok(), Ordering::Release);
+        result
+    }
+
+    async fn flush_inner(&self, full: bool) -> Result<FlushReport, DbError> {
         let now = now_micros();
         // Everything applied up to here is in the counters read below.
         let covered = self.signal.seq.load(Ordering::SeqCst);
         let snapshot = self.store.snapshot();
 
+        // The limits to visit: every one on a full tick (windows end without traffic too),
+        // else those marked dirty. Marks are cleared before the counters are read, so an
+        // increment made meanwhile marks its counter again.
+        let mut dirty_budgets: Vec<Arc<Budget>> = Vec::new();
+        let mut dirty_rates: Vec<Arc<RateLimit>> = Vec::new();
+        for d in snapshot.dirty.drain() {
+            match d {
+                Dirty::Budget(b) => {
+                    b.counter.clear_dirty();
+                    dirty_budgets.push(b);
+                }
+                Dirty::RateLimit(r) => {
+                    r.tokens.clear_dirty();
+                    dirty_rates.push(r);
+                }
+            }
+        }
+        let (visit_budgets, visit_rates): (Vec<&Arc<Budget>>, Vec<&Arc<RateLimit>>) = if full {
+            (
+                snapshot.budgets().collect(),
+                snapshot.rate_limits().collect(),
+            )
+        } else {
+            dirty_budgets.sort_by_key(|b| b.id);
+            dirty_budgets.dedup_by_key(|b| b.id);
+            dirty_rates.sort_by_key(|r| r.id);
+            dirty_rates.dedup_by_key(|r| r.id);
+            (dirty_budgets.iter().collect(), dirty_rates.iter().collect())
+        };
+
         let mut budgets: Pending<Budget> = Vec::new();
-        for b in snapshot.budgets() {
+        for b in visit_budgets {
             b.counter.roll(&b.rule, now);
             if let Some(item) = b.counter.flush_item() {
                 budgets.push((Arc::clone(b), item, item));
             }
         }
         let mut rates: Pending<RateLimit> = Vec::new();
-        for r in snapshot.rate_limits() {
+        for r in visit_rates {
             r.tokens.roll(r.token_rule(), now);
             r.requests.roll(r.request_rule(), now);
             let (t, q) = (r.tokens.flush_item(), r.requests.flush_item());
@@ -200,6 +238,10 @@ impl Flusher {
             advanced
         });
 
+        if !full {
+            // Durable writers wait only for the write; reading back is for the full ticks.
+            return Ok(report);
+        }
         let mut conn = self.db.acquire().await?;
         let (config_version, usage_version) = flush::clock(&mut conn).await?;
         let seen_usage = self.versions.usage.load(Ordering::Acquire);
@@ -294,21 +336,31 @@ const PURGE_EVERY: u64 = 300;
 pub async fn run(flusher: Flusher, interval: Duration, cancel: CancellationToken) {
     let mut backoff = interval;
     let mut ticks: u64 = 0;
+    // Full ticks keep their schedule however often durable writers wake the worker between.
+    let mut next_full = tokio::time::Instant::now() + backoff;
     loop {
-        tokio::select! {
+        let full = tokio::select! {
             () = cancel.cancelled() => break,
-            () = tokio::time::sleep(backoff) => {}
-            () = flusher.signal.wake.notified() => {}
-        }
-        ticks += 1;
-        match flusher.flush_once().await {
+            () = tokio::time::sleep_until(next_full) => true,
+            () = flusher.signal.wake.notified() => false,
+        };
+        ticks += u64::from(full);
+        let flushed = if full {
+            flusher.flush_once().await
+        } else {
+            flusher.flush_dirty().await
+        };
+        match flushed {
             Ok(report) => {
                 if backoff != interval {
                     tracing::info!("database reachable again; flushing resumed");
                 }
                 backoff = interval;
+                if full {
+                    next_full = tokio::time::Instant::now() + backoff;
+                }
                 tracing::trace!(?report, "flushed");
-                if ticks % PURGE_EVERY == 0 {
+                if full && ticks % PURGE_EVERY == 0 {
                     if let Err(e) = flusher.purge_dedup().await {
                         tracing::warn!(error = %e, "purging expired idempotency keys failed");
                     }
@@ -316,6 +368,7 @@ pub async fn run(flusher: Flusher, interval: Duration, cancel: CancellationToken
             }
             Err(e) => {
                 backoff = (backoff * 2).min(MAX_BACKOFF).max(interval);
+                next_full = tokio::time::Instant::now() + backoff;
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "flush failed; usage kept in memory");
             }
         }

@@ -3,10 +3,11 @@
 //! requests.
 //!
 //! Persistence is by deltas: `pending` is what this process added and has not yet written;
-//! `base` is the total the database last reported for the current window. Between flushes
-//! `used == base + pending` (plus what other replicas add, learnt at the next read-back).
+//! `base` is the total the database last reported for the current window (what other
+//! replicas add arrives there at the next read-back). The usage is `base + pending`, so an
+//! increment is a single atomic add.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Mutex;
 
 use crate::domain::{Micros, WindowRule};
@@ -15,7 +16,6 @@ use crate::domain::{Micros, WindowRule};
 /// the usage (SPEC §5).
 #[derive(Debug)]
 pub struct Counter {
-    used: AtomicI64,
     /// Added here and not yet flushed (current window only).
     pending: AtomicI64,
     /// Start of the current window (`last_reset`).
@@ -26,6 +26,9 @@ pub struct Counter {
     base: AtomicI64,
     /// The window start the database has (as far as this process wrote or read it).
     persisted_start: AtomicI64,
+    /// Set when usage is added, cleared by the flush that takes it: a counter is queued for
+    /// the next flush once per flush, not once per increment.
+    dirty: AtomicBool,
     /// Serialises window changes with the flush bookkeeping. Taken only when a window ends
     /// (once per window) and by the worker; plain increments never take it.
     window: Mutex<()>,
@@ -55,12 +58,12 @@ impl Counter {
     /// A counter as persisted: `used` in the window that started at `last_reset`.
     pub fn new(used: i64, last_reset: Micros, rule: &WindowRule) -> Self {
         Counter {
-            used: AtomicI64::new(used),
             pending: AtomicI64::new(0),
             start: AtomicI64::new(last_reset),
             end: AtomicI64::new(rule.end_of(last_reset)),
             base: AtomicI64::new(used),
             persisted_start: AtomicI64::new(last_reset),
+            dirty: AtomicBool::new(false),
             window: Mutex::new(()),
         }
     }
@@ -75,7 +78,7 @@ impl Counter {
         let end = self.end.load(Ordering::Acquire);
         if now < end {
             return CounterView {
-                used: self.used.load(Ordering::Acquire),
+                used: self.used(),
                 last_reset: start,
                 resets_at: end,
             };
@@ -88,12 +91,13 @@ impl Counter {
         }
     }
 
+    fn used(&self) -> i64 {
+        self.base.load(Ordering::Acquire) + self.pending.load(Ordering::Acquire)
+    }
+
     /// The stored usage and window start, as they are (expired or not).
     pub fn raw(&self) -> (i64, Micros) {
-        (
-            self.used.load(Ordering::Acquire),
-            self.start.load(Ordering::Acquire),
-        )
+        (self.used(), self.start.load(Ordering::Acquire))
     }
 
     /// Starts the window that contains `now` if the current one has ended; the usage of the
@@ -111,27 +115,33 @@ impl Counter {
         let Some(new_start) = rule.roll(start, now) else {
             return;
         };
-        let used = self.used.load(Ordering::Acquire);
         let pending = self.pending.load(Ordering::Acquire);
         self.start.store(new_start, Ordering::Release);
         self.end.store(rule.end_of(new_start), Ordering::Release);
-        self.used.fetch_sub(used, Ordering::AcqRel);
-        self.pending.fetch_sub(pending, Ordering::AcqRel);
         self.base.store(0, Ordering::Release);
+        self.pending.fetch_sub(pending, Ordering::AcqRel);
     }
 
     /// Adds to the usage of the window that contains `now`.
     pub fn add(&self, rule: &WindowRule, now: Micros, amount: i64) {
         self.roll(rule, now);
-        self.used.fetch_add(amount, Ordering::AcqRel);
         self.pending.fetch_add(amount, Ordering::AcqRel);
+    }
+
+    /// Marks the counter dirty; true when it was clean (the caller queues it for the flush).
+    pub fn mark_dirty(&self) -> bool {
+        !self.dirty.load(Ordering::Relaxed) && !self.dirty.swap(true, Ordering::AcqRel)
+    }
+
+    /// Clears the mark before the flush reads the counter: later increments mark it again.
+    pub fn clear_dirty(&self) {
+        self.dirty.store(false, Ordering::Release);
     }
 
     /// Zeroes the counter and starts a new window at `now` (the admin reset endpoint, which
     /// writes the same to the database itself).
     pub fn reset(&self, rule: &WindowRule, now: Micros) {
         let _window = self.lock();
-        self.used.store(0, Ordering::Release);
         self.pending.store(0, Ordering::Release);
         self.base.store(0, Ordering::Release);
         self.start.store(now, Ordering::Release);
@@ -168,8 +178,9 @@ impl Counter {
         if item.reset {
             self.persisted_start.store(item.start, Ordering::Release);
         }
-        self.pending.fetch_sub(item.delta, Ordering::AcqRel);
+        // Base first: a reader in between over-counts for an instant, never under-counts.
         self.base.fetch_add(item.delta, Ordering::AcqRel);
+        self.pending.fetch_sub(item.delta, Ordering::AcqRel);
     }
 
     /// Takes in the database's total for the window that started at `db_start`: what other
@@ -179,17 +190,14 @@ impl Counter {
         let _window = self.lock();
         let start = self.start.load(Ordering::Acquire);
         if db_start == start {
-            let base = self.base.swap(db_total, Ordering::AcqRel);
-            self.used.fetch_add(db_total - base, Ordering::AcqRel);
+            self.base.store(db_total, Ordering::Release);
             self.persisted_start.store(start, Ordering::Release);
         } else if db_start > start {
-            let used = self.used.load(Ordering::Acquire);
             let pending = self.pending.load(Ordering::Acquire);
             self.start.store(db_start, Ordering::Release);
             self.end.store(rule.end_of(db_start), Ordering::Release);
-            self.used.fetch_add(db_total - used, Ordering::AcqRel);
-            self.pending.fetch_sub(pending, Ordering::AcqRel);
             self.base.store(db_total, Ordering::Release);
+            self.pending.fetch_sub(pending, Ordering::AcqRel);
             self.persisted_start.store(db_start, Ordering::Release);
         }
     }

@@ -4,6 +4,7 @@
 pub mod check;
 pub mod counter;
 pub mod dedup;
+pub mod dirty;
 pub mod entities;
 pub mod level;
 pub mod rollup;

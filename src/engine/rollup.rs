@@ -15,7 +15,7 @@ const SHARDS: usize = 16;
 const HOUR: Micros = 3_600_000_000;
 
 /// One rollup row's identity.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RollupKey {
     pub bucket_start: Micros,
     pub virtual_key_id: Option<Uuid>,
@@ -35,10 +35,70 @@ pub struct RollupSums {
     pub cost: i64,
 }
 
-/// Rollups not yet written.
+/// Rollups not yet written, by a hash of their key: recording an update for a row that
+/// exists already compares the key in place and allocates nothing.
 #[derive(Debug)]
 pub struct Rollups {
-    shards: Box<[Mutex<HashMap<RollupKey, RollupSums>>]>,
+    shards: Box<[Mutex<Shard>]>,
+}
+
+/// Rows by the hash of their key (rows whose keys collide share a bucket).
+type Shard = HashMap<u64, Vec<(RollupKey, RollupSums)>>;
+
+/// A rollup key borrowed from an update.
+#[derive(Debug, Hash)]
+struct KeyRef<'a> {
+    bucket_start: Micros,
+    virtual_key_id: Option<Uuid>,
+    team_id: Option<Uuid>,
+    customer_id: Option<Uuid>,
+    user_id: &'a str,
+    provider: &'a str,
+    model: &'a str,
+}
+
+impl KeyRef<'_> {
+    fn hash64(&self) -> u64 {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.hash(&mut hasher);
+        hasher.finish()
+    }
+
+    fn matches(&self, k: &RollupKey) -> bool {
+        self.bucket_start == k.bucket_start
+            && self.virtual_key_id == k.virtual_key_id
+            && self.team_id == k.team_id
+            && self.customer_id == k.customer_id
+            && self.user_id == k.user_id
+            && self.provider == k.provider
+            && self.model == k.model
+    }
+
+    fn to_owned_key(&self) -> RollupKey {
+        RollupKey {
+            bucket_start: self.bucket_start,
+            virtual_key_id: self.virtual_key_id,
+            team_id: self.team_id,
+            customer_id: self.customer_id,
+            user_id: self.user_id.to_owned(),
+            provider: self.provider.to_owned(),
+            model: self.model.to_owned(),
+        }
+    }
+}
+
+impl RollupKey {
+    fn as_ref(&self) -> KeyRef<'_> {
+        KeyRef {
+            bucket_start: self.bucket_start,
+            virtual_key_id: self.virtual_key_id,
+            team_id: self.team_id,
+            customer_id: self.customer_id,
+            user_id: &self.user_id,
+            provider: &self.provider,
+            model: &self.model,
+        }
+    }
 }
 
 impl Default for Rollups {
@@ -68,27 +128,34 @@ impl Rollups {
         if sums == RollupSums::default() {
             return;
         }
-        let rollup_key = RollupKey {
+        let rollup_key = KeyRef {
             bucket_start: now - now.rem_euclid(HOUR),
             virtual_key_id: key.map(|k| k.key.id),
             team_id: key.and_then(|k| k.team.as_ref()).map(|t| t.id),
             customer_id: key
                 .and_then(|k| k.team_customer.as_ref().or(k.customer.as_ref()))
                 .map(|c| c.id),
-            user_id: user_id.to_owned(),
-            provider: provider.to_owned(),
-            model: model.to_owned(),
+            user_id,
+            provider,
+            model,
         };
-        self.add(rollup_key, sums);
+        self.add(&rollup_key, sums);
     }
 
-    fn add(&self, key: RollupKey, sums: RollupSums) {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        key.hash(&mut hasher);
-        let mut shard = self.shards[(hasher.finish() as usize) % SHARDS]
+    fn add(&self, key: &KeyRef<'_>, sums: RollupSums) {
+        let hash = key.hash64();
+        let mut shard = self.shards[(hash as usize) % SHARDS]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let entry = shard.entry(key).or_default();
+        let rows = shard.entry(hash).or_default();
+        let at = match rows.iter().position(|(k, _)| key.matches(k)) {
+            Some(at) => at,
+            None => {
+                rows.push((key.to_owned_key(), RollupSums::default()));
+                rows.len() - 1
+            }
+        };
+        let entry = &mut rows[at].1;
         entry.requests += sums.requests;
         entry.tokens += sums.tokens;
         entry.cost += sums.cost;
@@ -99,7 +166,7 @@ impl Rollups {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            out.extend(shard.drain());
+            out.extend(shard.drain().flat_map(|(_, rows)| rows));
         }
         out
     }
@@ -107,7 +174,7 @@ impl Rollups {
     /// Puts back rows whose write failed, to go with the next flush.
     pub fn restore(&self, rows: Vec<(RollupKey, RollupSums)>) {
         for (key, sums) in rows {
-            self.add(key, sums);
+            self.add(&key.as_ref(), sums);
         }
     }
 }

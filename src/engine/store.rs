@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use uuid::Uuid;
 
+use super::dirty::DirtySet;
 use super::entities::{
     Budget, Customer, Limits, ModelConfig, Provider, RateLimit, Team, User, VirtualKey,
 };
@@ -44,6 +45,8 @@ pub struct Snapshot {
     /// Model configs by model name, then provider.
     pub models: HashMap<String, ModelEntry>,
     pub users: HashMap<String, Arc<User>>,
+    /// Limits with unflushed usage; one set shared by every snapshot of a store.
+    pub dirty: Arc<DirtySet>,
 }
 
 impl Snapshot {
@@ -260,11 +263,12 @@ impl Store {
     }
 
     /// Publishes a snapshot built elsewhere (a reload from the database).
-    pub fn replace(&self, snapshot: Snapshot) {
+    pub fn replace(&self, mut snapshot: Snapshot) {
         let _guard = self
             .write
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        snapshot.dirty = Arc::clone(&self.current.load().dirty);
         self.current.store(Arc::new(snapshot));
     }
 

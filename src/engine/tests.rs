@@ -633,3 +633,29 @@ proptest! {
         prop_assert!(v.last_reset <= NOW + offset && NOW + offset < v.resets_at);
     }
 }
+
+#[test]
+fn a_charged_limit_is_queued_for_the_flush_once() {
+    let (b, r) = (budget(10.0, "1h"), rate(Some(100), Some(100), "1h"));
+    let s = with_key(key("sk", limits(Some(b.clone()), Some(r.clone()))));
+    apply(&s, &usage("sk", 5, 0.5), NOW);
+    apply(&s, &usage("sk", 5, 0.5), NOW);
+    let queued = s.dirty.drain();
+    assert_eq!(
+        queued.len(),
+        2,
+        "one entry for the budget, one for the rate limit"
+    );
+    b.counter.clear_dirty();
+    r.tokens.clear_dirty();
+    apply(&s, &usage("sk", 5, 0.5), NOW);
+    assert_eq!(s.dirty.drain().len(), 2, "cleared marks queue again");
+    let failed = UsageEvent {
+        success: false,
+        ..usage("sk", 5, 0.5)
+    };
+    b.counter.clear_dirty();
+    r.tokens.clear_dirty();
+    apply(&s, &failed, NOW);
+    assert!(s.dirty.drain().is_empty());
+}

@@ -5,6 +5,7 @@ use super::check::{hierarchy, model_configs};
 use super::entities::{Limits, VirtualKey};
 use std::sync::Arc;
 
+use super::dirty::{Dirty, DirtySet};
 use super::store::{ResolvedKey, Snapshot};
 use crate::domain::{Micros, Money};
 
@@ -57,7 +58,7 @@ pub struct Applied<'a> {
     pub key: Option<&'a Arc<ResolvedKey>>,
 }
 
-fn charge_limits(limits: &Limits, charge: &Charge, now: Micros) {
+fn charge_limits(limits: &Limits, charge: &Charge, now: Micros, dirty: &DirtySet) {
     if let Some(rl) = &limits.rate_limit {
         if let Some(t) = charge.tokens {
             rl.add_tokens(now, t);
@@ -65,9 +66,16 @@ fn charge_limits(limits: &Limits, charge: &Charge, now: Micros) {
         if let Some(r) = charge.requests {
             rl.add_requests(now, r);
         }
+        // One mark for the whole rate limit, kept on its token counter.
+        if (charge.tokens.is_some() || charge.requests.is_some()) && rl.tokens.mark_dirty() {
+            dirty.push(Dirty::RateLimit(Arc::clone(rl)));
+        }
     }
     if let (Some(b), Some(cost)) = (&limits.budget, charge.cost) {
         b.add(now, cost);
+        if b.counter.mark_dirty() {
+            dirty.push(Dirty::Budget(Arc::clone(b)));
+        }
     }
 }
 
@@ -84,10 +92,10 @@ pub fn apply<'a>(s: &'a Snapshot, event: &UsageEvent<'_>, now: Micros) -> Applie
     let (provider, model) = (event.provider, event.model);
     if !provider.is_empty() && !model.is_empty() {
         if let Some(p) = s.providers.get(provider) {
-            charge_limits(&p.limits, &charge, now);
+            charge_limits(&p.limits, &charge, now, &s.dirty);
         }
         for (_, limits) in model_configs(s, model, provider) {
-            charge_limits(limits, &charge, now);
+            charge_limits(limits, &charge, now, &s.dirty);
         }
     }
     if let Some(u) = event
@@ -95,7 +103,7 @@ pub fn apply<'a>(s: &'a Snapshot, event: &UsageEvent<'_>, now: Micros) -> Applie
         .filter(|u| !u.is_empty())
         .and_then(|u| s.users.get(u))
     {
-        charge_limits(&u.limits, &charge, now);
+        charge_limits(&u.limits, &charge, now, &s.dirty);
     }
     let Some(value) = event.virtual_key.filter(|v| !v.is_empty()) else {
         return nothing;
@@ -103,7 +111,7 @@ pub fn apply<'a>(s: &'a Snapshot, event: &UsageEvent<'_>, now: Micros) -> Applie
     match s.keys_by_hash.get(&VirtualKey::hash_value(value)) {
         Some(key) => {
             for (_, _, limits) in hierarchy(key, provider) {
-                charge_limits(limits, &charge, now);
+                charge_limits(limits, &charge, now, &s.dirty);
             }
             Applied {
                 unknown_key: false,
