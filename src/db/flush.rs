@@ -25,7 +25,6 @@ fn chunk_size(backend: Backend) -> usize {
         Backend::Sqlite => CHUNK,
     }
 }
-const ROLLUP_CHUNK: usize = 2_000;
 
 /// A budget's pending change.
 #[derive(Debug, Clone, Copy)]
@@ -320,25 +319,39 @@ fn opt_id(id: Option<Uuid>) -> String {
     id.map(uuid_text).unwrap_or_default()
 }
 
-/// Adds hourly rollups.
+/// A SQL string literal. Quotes are doubled, which is the whole escaping both backends need
+/// (PostgreSQL with `standard_conforming_strings`, its default since 9.1). Values never
+/// contain NUL: the API rejects it.
+fn text_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Adds hourly rollups. Values are inlined as literals: thousands of bind parameters in one
+/// statement cost SQLite quadratic time to resolve.
 pub async fn add_rollups(c: &mut Conn, rows: &[(RollupKey, RollupSums)]) -> Result<(), DbError> {
-    for chunk in rows.chunks(ROLLUP_CHUNK) {
+    for chunk in rows.chunks(CHUNK) {
         let mut sql = String::from(
             "insert into usage_rollups (bucket_start, virtual_key_id, team_id, customer_id, \
              user_id, provider, model, requests, tokens, cost) values ",
         );
-        for i in 0..chunk.len() {
+        for (i, (k, v)) in chunk.iter().enumerate() {
             if i > 0 {
                 sql.push(',');
             }
-            sql.push('(');
-            for j in 0..10 {
-                if j > 0 {
-                    sql.push(',');
-                }
-                let _ = write!(sql, "${}", i * 10 + j + 1);
-            }
-            sql.push(')');
+            let _ = write!(
+                sql,
+                "({}, '{}', '{}', '{}', {}, {}, {}, {}, {}, {})",
+                k.bucket_start,
+                opt_id(k.virtual_key_id),
+                opt_id(k.team_id),
+                opt_id(k.customer_id),
+                text_literal(&k.user_id),
+                text_literal(&k.provider),
+                text_literal(&k.model),
+                v.requests,
+                v.tokens,
+                v.cost
+            );
         }
         sql.push_str(
             " on conflict (bucket_start, virtual_key_id, team_id, customer_id, user_id, provider, \
@@ -346,21 +359,7 @@ pub async fn add_rollups(c: &mut Conn, rows: &[(RollupKey, RollupSums)]) -> Resu
              tokens = usage_rollups.tokens + excluded.tokens, \
              cost = usage_rollups.cost + excluded.cost",
         );
-        let mut query = sqlx::query(&sql).persistent(false);
-        for (k, s) in chunk {
-            query = query
-                .bind(k.bucket_start)
-                .bind(opt_id(k.virtual_key_id))
-                .bind(opt_id(k.team_id))
-                .bind(opt_id(k.customer_id))
-                .bind(k.user_id.clone())
-                .bind(k.provider.clone())
-                .bind(k.model.clone())
-                .bind(s.requests)
-                .bind(s.tokens)
-                .bind(s.cost);
-        }
-        query.execute(&mut *c).await?;
+        sqlx::query(&sql).persistent(false).execute(&mut *c).await?;
     }
     Ok(())
 }
@@ -368,6 +367,12 @@ pub async fn add_rollups(c: &mut Conn, rows: &[(RollupKey, RollupSums)]) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_literals_double_their_quotes() {
+        assert_eq!(text_literal("o'brien"), "'o''brien'");
+        assert_eq!(text_literal("a\\b"), "'a\\b'");
+    }
 
     #[test]
     fn dedup_keys_round_trip_through_two_signed_halves() {

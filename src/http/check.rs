@@ -291,6 +291,11 @@ fn validate(req: &CheckRequest) -> Result<(), ApiError> {
                 "{name}: must be at most {MAX_STRING} bytes"
             )));
         }
+        if value.as_ref().is_some_and(|v| v.contains('\0')) {
+            return Err(ApiError::InvalidRequest(format!(
+                "{name}: must not contain NUL characters"
+            )));
+        }
     }
     if let Some(headers) = &req.headers {
         if headers.len() > MAX_HEADERS {

@@ -107,7 +107,18 @@ pub fn text_field(field: &str, value: &str) -> Result<String, error::ApiError> {
             "{field}: must be at most 256 bytes"
         )));
     }
+    no_nul(field, value)?;
     Ok(value.to_owned())
+}
+
+/// Rejects NUL characters, which PostgreSQL cannot store in text.
+pub fn no_nul(field: &str, value: &str) -> Result<(), error::ApiError> {
+    if value.contains('\0') {
+        return Err(error::ApiError::InvalidRequest(format!(
+            "{field}: must not contain NUL characters"
+        )));
+    }
+    Ok(())
 }
 
 /// Parses an id from a path; anything that is not a UUID names no entity.

@@ -83,6 +83,7 @@ fn text<'a>(field: &str, value: &'a Option<String>) -> Result<Option<&'a str>, S
         Some(v) if v.len() > MAX_STRING => {
             Err(format!("{field}: must be at most {MAX_STRING} bytes"))
         }
+        Some(v) if v.contains('\0') => Err(format!("{field}: must not contain NUL characters")),
         Some(v) => Ok(Some(v.as_str())),
         None => Ok(None),
     }
@@ -267,6 +268,10 @@ mod tests {
             .starts_with("cost"));
         let long = format!(r#"{{"model": "{}"}}"#, "m".repeat(257));
         assert!(update(&long).validate().unwrap_err().starts_with("model"));
+        assert!(update(r#"{"user_id": "a\u0000b"}"#)
+            .validate()
+            .unwrap_err()
+            .starts_with("user_id"));
         assert!(serde_json::from_str::<UsageUpdate>(r#"{"tokens_used": 1.5}"#).is_err());
         assert!(serde_json::from_str::<UsageUpdate>(r#"{"tokens_used": "5"}"#).is_err());
     }

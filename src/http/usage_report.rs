@@ -139,6 +139,7 @@ fn parse(q: &UsageQuery) -> Result<ReportQuery, ApiError> {
                     dim.column()
                 )));
             }
+            super::no_nul(dim.column(), v)?;
             filters.push((dim, v.clone()));
         }
     }

@@ -403,6 +403,7 @@ pub async fn create_virtual_key(
             "description: must be at most 4096 bytes".into(),
         ));
     }
+    super::no_nul("description", &description)?;
     if body.team_id.is_some() && body.customer_id.is_some() {
         return Err(ApiError::InvalidRequest(
             "a virtual key belongs to a team or to a customer, not both".to_owned(),
@@ -544,6 +545,7 @@ pub async fn update_virtual_key(
             "description: must be at most 4096 bytes".into(),
         ));
     }
+    super::no_nul("description", &description)?;
     let mut changes = LimitChanges::default();
     let limits = patch_limits(
         &old.limits,
