@@ -93,7 +93,7 @@ impl Db {
         let pool = AnyPoolOptions::new()
             .max_connections(match backend {
                 Backend::Postgres => 16,
-                Backend::Sqlite => 4,
+                Backend::Sqlite => 2,
             })
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(move |conn, _meta| {

@@ -104,3 +104,36 @@ where
         }
     }
 }
+
+/// The raw body of a JSON request (content type checked, size limited), for handlers that
+/// parse it themselves.
+pub struct ApiJsonBytes(pub axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiJsonBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|mime| {
+                let mime = mime.trim();
+                mime == "application/json"
+                    || (mime.starts_with("application/") && mime.ends_with("+json"))
+            });
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType(
+                "expected a request body with content-type application/json".to_owned(),
+            ));
+        }
+        match axum::body::Bytes::from_request(req, state).await {
+            Ok(bytes) => Ok(ApiJsonBytes(bytes)),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(
+                ApiError::PayloadTooLarge("request body is too large".to_owned()),
+            ),
+            Err(e) => Err(ApiError::InvalidRequest(e.body_text())),
+        }
+    }
+}

@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 
 use super::check::MAX_STRING;
 use super::error::{ApiError, ErrorBody, ItemError};
-use super::extract::ApiJson;
+use super::extract::{ApiJson, ApiJsonBytes};
 use crate::config::AckMode;
 use crate::domain::time::now_micros;
 use crate::domain::{Micros, Money};
@@ -69,6 +69,37 @@ pub struct BatchAccepted {
     pub accepted: usize,
     /// Updates skipped as repeats.
     pub duplicates: usize,
+}
+
+#[derive(Deserialize)]
+struct TypedBatch {
+    updates: Vec<UsageUpdate>,
+}
+
+/// Parses a batch item by item: the updates that parse, and an error for each that does not.
+/// Updates that parsed, by index, and an error for each item that did not.
+type Parsed = (Vec<(usize, UsageUpdate)>, Vec<ItemError>);
+
+fn per_item(body: &[u8]) -> Result<Parsed, ApiError> {
+    let batch: UsageBatch = serde_json::from_slice(body).map_err(|e| {
+        if e.is_data() {
+            ApiError::InvalidRequest(format!("invalid body: {e}"))
+        } else {
+            ApiError::InvalidRequest(format!("malformed JSON: {e}"))
+        }
+    })?;
+    let mut parsed = Vec::with_capacity(batch.updates.len());
+    let mut errors = Vec::new();
+    for (index, raw) in batch.updates.iter().enumerate() {
+        match serde_json::from_str::<UsageUpdate>(raw.get()) {
+            Ok(update) => parsed.push((index, update)),
+            Err(e) => errors.push(ItemError {
+                index,
+                message: e.to_string(),
+            }),
+        }
+    }
+    Ok((parsed, errors))
 }
 
 /// A validated update, ready to apply.
@@ -197,25 +228,20 @@ pub async fn record_usage(
     responses((status = 202, body = BatchAccepted), (status = 503, description = "ack = durable and the database is unreachable", body = ErrorBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
 pub async fn record_usage_batch(
     State(state): State<AppState>,
-    ApiJson(batch): ApiJson<UsageBatch>,
+    ApiJsonBytes(body): ApiJsonBytes,
 ) -> Result<(StatusCode, ApiJson<BatchAccepted>), ApiError> {
+    // The common case parses in one pass; only a batch with a malformed item is parsed again
+    // item by item, to say which items are wrong.
+    let (parsed, mut errors): Parsed = match serde_json::from_slice::<TypedBatch>(&body) {
+        Ok(batch) => (batch.updates.into_iter().enumerate().collect(), Vec::new()),
+        Err(_) => per_item(&body)?,
+    };
     let max = state.config.batch_max_items;
-    if batch.updates.len() > max {
+    let items = parsed.len() + errors.len();
+    if items > max {
         return Err(ApiError::InvalidRequest(format!(
-            "updates: at most {max} items per batch, got {}",
-            batch.updates.len()
+            "updates: at most {max} items per batch, got {items}"
         )));
-    }
-    let mut parsed = Vec::with_capacity(batch.updates.len());
-    let mut errors = Vec::new();
-    for (index, raw) in batch.updates.iter().enumerate() {
-        match serde_json::from_str::<UsageUpdate>(raw.get()) {
-            Ok(update) => parsed.push((index, update)),
-            Err(e) => errors.push(ItemError {
-                index,
-                message: e.to_string(),
-            }),
-        }
     }
     let mut valid = Vec::with_capacity(parsed.len());
     for (index, update) in &parsed {
