@@ -7,12 +7,14 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 # Dependencies first, so that source edits do not rebuild them.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.rs \
-    && cargo build --release --locked \
-    && rm -rf src
+RUN mkdir src benches && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.rs \
+    && echo 'fn main() {}' > benches/engine.rs && echo 'fn main() {}' > benches/flush.rs \
+    && cargo build --release --locked --bin heimdall \
+    && rm -rf src benches
 COPY src ./src
+COPY benches ./benches
 COPY migrations ./migrations
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin heimdall
 
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
