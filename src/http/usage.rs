@@ -4,6 +4,8 @@
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
@@ -26,12 +28,45 @@ pub fn router(batch_max_body_bytes: usize) -> OpenApiRouter<AppState> {
         .routes(routes!(record_usage_batch).layer(DefaultBodyLimit::max(batch_max_body_bytes)))
 }
 
+/// A string of a request body, borrowed from the body when it holds no escapes: a batch of
+/// a thousand updates then allocates nothing for its strings.
+#[derive(Debug, Clone, Default)]
+pub struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(Visit)
+    }
+}
+
 /// The reference system's `UsageUpdate`. Unknown fields are ignored.
 #[derive(Debug, Default, Deserialize, ToSchema)]
-pub struct UsageUpdate {
-    pub virtual_key: Option<String>,
-    pub provider: Option<String>,
-    pub model: Option<String>,
+pub struct UsageUpdate<'a> {
+    #[serde(borrow)]
+    #[schema(value_type = Option<String>)]
+    pub virtual_key: Option<Text<'a>>,
+    #[serde(borrow)]
+    #[schema(value_type = Option<String>)]
+    pub provider: Option<Text<'a>>,
+    #[serde(borrow)]
+    #[schema(value_type = Option<String>)]
+    pub model: Option<Text<'a>>,
     /// Default true; a failed request records nothing.
     pub success: Option<bool>,
     /// An integer ≥ 0.
@@ -39,8 +74,12 @@ pub struct UsageUpdate {
     /// Dollars, a finite number ≥ 0.
     pub cost: Option<f64>,
     /// Makes the update idempotent, with `attempt` and the phase.
-    pub request_id: Option<String>,
-    pub user_id: Option<String>,
+    #[serde(borrow)]
+    #[schema(value_type = Option<String>)]
+    pub request_id: Option<Text<'a>>,
+    #[serde(borrow)]
+    #[schema(value_type = Option<String>)]
+    pub user_id: Option<Text<'a>>,
     pub is_streaming: Option<bool>,
     pub is_final_chunk: Option<bool>,
     pub has_usage_data: Option<bool>,
@@ -58,9 +97,10 @@ pub struct UsageAccepted {
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
-pub struct UsageBatch {
+pub struct UsageBatch<'a> {
+    #[serde(borrow)]
     #[schema(value_type = Vec<UsageUpdate>)]
-    pub updates: Vec<Box<RawValue>>,
+    pub updates: Vec<&'a RawValue>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -72,22 +112,28 @@ pub struct BatchAccepted {
 }
 
 #[derive(Deserialize)]
-struct TypedBatch {
-    updates: Vec<UsageUpdate>,
+struct TypedBatch<'a> {
+    #[serde(borrow)]
+    updates: Vec<UsageUpdate<'a>>,
 }
 
-/// Parses a batch item by item: the updates that parse, and an error for each that does not.
 /// Updates that parsed, by index, and an error for each item that did not.
-type Parsed = (Vec<(usize, UsageUpdate)>, Vec<ItemError>);
+type Parsed<'a> = (Vec<(usize, UsageUpdate<'a>)>, Vec<ItemError>);
 
-fn per_item(body: &[u8]) -> Result<Parsed, ApiError> {
-    let batch: UsageBatch = serde_json::from_slice(body).map_err(|e| {
+/// Deserializes a body, with the error envelope's wording.
+fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
         if e.is_data() {
             ApiError::InvalidRequest(format!("invalid body: {e}"))
         } else {
             ApiError::InvalidRequest(format!("malformed JSON: {e}"))
         }
-    })?;
+    })
+}
+
+/// Parses a batch item by item: the updates that parse, and an error for each that does not.
+fn per_item(body: &[u8]) -> Result<Parsed<'_>, ApiError> {
+    let batch: UsageBatch<'_> = parse(body)?;
     let mut parsed = Vec::with_capacity(batch.updates.len());
     let mut errors = Vec::new();
     for (index, raw) in batch.updates.iter().enumerate() {
@@ -109,18 +155,18 @@ struct Valid<'a> {
     dedup: Option<DedupKey>,
 }
 
-fn text<'a>(field: &str, value: &'a Option<String>) -> Result<Option<&'a str>, String> {
-    match value {
+fn text<'a>(field: &str, value: &'a Option<Text<'_>>) -> Result<Option<&'a str>, String> {
+    match value.as_ref().map(|t| t.0.as_ref()) {
         Some(v) if v.len() > MAX_STRING => {
             Err(format!("{field}: must be at most {MAX_STRING} bytes"))
         }
         Some(v) if v.contains('\0') => Err(format!("{field}: must not contain NUL characters")),
-        Some(v) => Ok(Some(v.as_str())),
+        Some(v) => Ok(Some(v)),
         None => Ok(None),
     }
 }
 
-impl UsageUpdate {
+impl UsageUpdate<'_> {
     fn validate(&self) -> Result<Valid<'_>, String> {
         let virtual_key = text("virtual_key", &self.virtual_key)?;
         let provider = text("provider", &self.provider)?.unwrap_or("");
@@ -207,8 +253,9 @@ const DURABLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
     responses((status = 202, body = UsageAccepted), (status = 503, description = "ack = durable and the database is unreachable", body = ErrorBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
 pub async fn record_usage(
     State(state): State<AppState>,
-    ApiJson(update): ApiJson<UsageUpdate>,
+    ApiJsonBytes(body): ApiJsonBytes,
 ) -> Result<(StatusCode, ApiJson<UsageAccepted>), ApiError> {
+    let update: UsageUpdate<'_> = parse(&body)?;
     let valid = update.validate().map_err(ApiError::InvalidRequest)?;
     let applied = record(&state, &valid, now_micros());
     acknowledge(&state).await?;
@@ -278,7 +325,7 @@ pub async fn record_usage_batch(
 mod tests {
     use super::*;
 
-    fn update(json: &str) -> UsageUpdate {
+    fn update(json: &str) -> UsageUpdate<'_> {
         serde_json::from_str(json).unwrap()
     }
 
