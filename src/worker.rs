@@ -104,8 +104,6 @@ pub struct Flusher {
     pub admin_writes: Arc<tokio::sync::Mutex<()>>,
 }
 
-type Pending<T> = Vec<(Arc<T>, FlushItem, FlushItem)>;
-
 impl Flusher {
     /// One full tick: every counter's window and delta, read-back, reload, keys, rollups.
     pub async fn flush_once(&self) -> Result<FlushReport, DbError> {
@@ -157,14 +155,15 @@ impl Flusher {
             (dirty_budgets.iter().collect(), dirty_rates.iter().collect())
         };
 
-        let mut budgets: Pending<Budget> = Vec::new();
+        let mut budgets: Vec<(Arc<Budget>, FlushItem)> = Vec::new();
         for b in visit_budgets {
             b.counter.roll(&b.rule, now);
             if let Some(item) = b.counter.flush_item() {
-                budgets.push((Arc::clone(b), item, item));
+                budgets.push((Arc::clone(b), item));
             }
         }
-        let mut rates: Pending<RateLimit> = Vec::new();
+        // Each rate limit with the items of its token and request counters.
+        let mut rates: Vec<(Arc<RateLimit>, FlushItem, FlushItem)> = Vec::new();
         for r in visit_rates {
             r.tokens.roll(r.token_rule(), now);
             r.requests.roll(r.request_rule(), now);
@@ -197,7 +196,7 @@ impl Flusher {
         if !(budgets.is_empty() && rates.is_empty() && rollups.is_empty() && keys.is_empty()) {
             let budget_deltas: Vec<BudgetDelta> = budgets
                 .iter()
-                .map(|(b, item, _)| BudgetDelta {
+                .map(|(b, item)| BudgetDelta {
                     id: b.id,
                     item: *item,
                 })
@@ -224,7 +223,7 @@ impl Flusher {
                     return Err(e);
                 }
             }
-            for (b, item, _) in &budgets {
+            for (b, item) in &budgets {
                 b.counter.flushed(*item);
             }
             for (r, t, q) in &rates {
