@@ -13,32 +13,15 @@ use serde_json::{json, Value};
 on_both_backends!(kill_9_under_load_loses_no_acknowledged_update);
 
 async fn kill_9_under_load_loses_no_acknowledged_update(db: &TestDb) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_heimdall"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--database-url",
-            &db.url,
-        ])
-        .env("HEIMDALL__ACK", "durable")
-        .env("HEIMDALL__FLUSH_INTERVAL", "1s")
-        .env("HEIMDALL__LOG_LEVEL", "warn")
-        .spawn()
-        .unwrap();
+    let (child, base) = common::spawn_binary(
+        db,
+        &[
+            ("HEIMDALL__ACK", "durable"),
+            ("HEIMDALL__FLUSH_INTERVAL", "1s"),
+        ],
+    )
+    .await;
     let client = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    for _ in 0..100 {
-        if client.get(format!("{base}/healthz")).send().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let vk: Value = client
         .post(format!("{base}/api/governance/virtual-keys"))
         .json(&json!({"name": "k", "rate_limit": {"token_max_limit": 1000000000, "token_reset_duration": "1h"}}))
@@ -70,12 +53,7 @@ async fn kill_9_under_load_loses_no_acknowledged_update(db: &TestDb) {
         }));
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let killed = std::process::Command::new("kill")
-        .args(["-KILL", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    common::signal(child, "KILL").await;
     for t in tasks {
         let _ = t.await;
     }

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{assert_error, config_for, TestApp, TestDb};
 use serde_json::{json, Value};
 
@@ -75,34 +73,9 @@ async fn a_restart_keeps_every_counter_exactly(db: &TestDb) {
 }
 
 async fn sigterm_flushes_before_the_process_exits(db: &TestDb) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let spawn = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_heimdall"))
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--database-url",
-                &db.url,
-            ])
-            .env("HEIMDALL__FLUSH_INTERVAL", "1h")
-            .env("HEIMDALL__LOG_LEVEL", "warn")
-            .spawn()
-            .unwrap()
-    };
-    let mut child = spawn();
+    let (child, base) = common::spawn_binary(db, &[("HEIMDALL__FLUSH_INTERVAL", "1h")]).await;
     let client = reqwest::Client::new();
-    let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
-    for _ in 0..100 {
-        if client.get(url("/healthz")).send().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let url = |p: &str| format!("{base}{p}");
     let vk: Value = client
         .post(url("/api/governance/virtual-keys"))
         .json(&json!({"name": "k", "budget": {"max_limit": 10.0, "reset_duration": "1d"}}))
@@ -122,14 +95,7 @@ async fn sigterm_flushes_before_the_process_exits(db: &TestDb) {
             .unwrap();
         assert_eq!(resp.status(), 202);
     }
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
+    let status = common::signal(child, "TERM").await;
     assert!(status.success(), "exit status {status}");
     assert_eq!(
         db.scalar("select current_usage from budgets").await,

@@ -280,3 +280,46 @@ macro_rules! on_both_backends {
         )*
     };
 }
+
+/// Starts the `heimdall` binary serving `db` on a free loopback port with extra environment,
+/// and waits until it answers. Returns the process and its base URL.
+pub async fn spawn_binary(db: &TestDb, env: &[(&str, &str)]) -> (std::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_heimdall"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--database-url",
+            &db.url,
+        ])
+        .env("HEIMDALL__LOG_LEVEL", "warn")
+        .envs(env.iter().copied())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    for _ in 0..100 {
+        if client.get(format!("{base}/healthz")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    (child, base)
+}
+
+/// Sends a signal (`TERM`, `KILL`) to a process and waits for it to exit.
+pub async fn signal(mut child: std::process::Child, name: &str) -> std::process::ExitStatus {
+    let sent = std::process::Command::new("kill")
+        .args([format!("-{name}"), child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{name}");
+    tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap()
+}
