@@ -5,6 +5,7 @@
 # targets are stated in.
 #   bench/load.sh                    # defaults below
 #   DURATION=20s CONNECTIONS=64 BATCH_CONNECTIONS=8 KEYS=10000 bench/load.sh
+#   LOG_LEVEL=info bench/load.sh      # with the access log (one line per request, to a file)
 # Batches come from a few senders (gateways flushing their buffers), so /v1/usage/batch is
 # driven by BATCH_CONNECTIONS (default 8) rather than the 64 connections of the per-request
 # endpoints.
@@ -17,6 +18,7 @@ THREADS=${THREADS:-2}
 KEYS=${KEYS:-10000}
 BATCH=${BATCH:-1000}
 PORT=${PORT:-18080}
+LOG_LEVEL=${LOG_LEVEL:-warn}
 TOKEN=bench-token
 
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
@@ -25,9 +27,9 @@ work=$(mktemp -d)
 trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 
 start_server() {
-    HEIMDALL__AUTH__ADMIN_TOKENS=$TOKEN HEIMDALL__AUTH__GATEWAY_TOKENS=$TOKEN HEIMDALL__LOG_LEVEL=warn \
+    HEIMDALL__AUTH__ADMIN_TOKENS=$TOKEN HEIMDALL__AUTH__GATEWAY_TOKENS=$TOKEN HEIMDALL__LOG_LEVEL=$LOG_LEVEL \
         HEIMDALL__ACK=$1 ./target/release/heimdall serve --listen "127.0.0.1:$PORT" \
-        --database-url "sqlite://$work/bench.db" &
+        --database-url "sqlite://$work/bench.db" 2>>"$work/heimdall.log" &
     pid=$!
     for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.2; done
 }
@@ -54,6 +56,11 @@ kill "$pid"; wait "$pid" || true
 start_server durable
 durable=$(run usage | sed 's/^RESULT usage/RESULT durable/')
 echo "$durable"
+# What the group commits cost, from the service's own histogram.
+curl -fs "http://127.0.0.1:$PORT/metrics" | awk '
+    /^heimdall_flush_duration_seconds_sum\{kind="durable"\}/ { sum = $2 }
+    /^heimdall_flush_duration_seconds_count\{kind="durable"\}/ { n = $2 }
+    END { if (n > 0) printf "durable flushes: %d, mean %.2f ms\n", n, 1000 * sum / n }'
 results="$results
 $durable"
 

@@ -99,6 +99,7 @@ impl App {
                     .collect(),
             }),
             auth: Arc::new(auth),
+            metrics: Arc::new(crate::telemetry::Metrics::new()),
             config: Arc::new(config),
         };
         // Windows that ended while the service was down are reset now, at every level.
@@ -131,18 +132,30 @@ impl App {
             self.state.config.flush_interval,
             cancel.clone(),
         ));
+        tasks.spawn(upkeep(Arc::clone(&self.state.metrics), cancel.clone()));
         tasks.close();
         tracing::info!(listen = %self.local_addr(), "heimdall serving");
-        let served = axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let limits = crate::http::serve::ConnectionLimits::of(&self.state.config);
+        crate::http::serve::serve(self.listener, router, limits, shutdown).await;
         // In-flight requests are done: the final flush sees all they applied.
         cancel.cancel();
         tasks.wait().await;
-        served?;
         self.state.db.close().await;
         tracing::info!("heimdall stopped");
         Ok(())
+    }
+}
+
+/// Folds histogram samples into buckets every few seconds, so memory stays bounded however
+/// rarely `/metrics` is scraped.
+async fn upkeep(metrics: Arc<crate::telemetry::Metrics>, cancel: CancellationToken) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = every.tick() => metrics.upkeep(),
+        }
     }
 }
 

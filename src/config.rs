@@ -43,7 +43,27 @@ pub struct Config {
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive);
     /// `RUST_LOG` wins when set.
     pub log_level: String,
+    /// Log line format: `text` (human-readable) or `json` (one object per line).
+    pub log_format: LogFormat,
+    /// Longest a client may take to send a request's headers.
+    #[serde(deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
+    /// Longest a request may take, body and handler included (408 after).
+    #[serde(deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    /// A connection with no bytes in either direction for this long is closed.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// Most open client connections; connections past it are closed at once.
+    pub max_connections: usize,
     pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -105,6 +125,11 @@ impl Default for Config {
             batch_max_items: 10_000,
             batch_max_body_bytes: 16 * 1024 * 1024,
             log_level: "info".to_owned(),
+            log_format: LogFormat::Text,
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
             auth: AuthConfig::default(),
         }
     }
@@ -198,6 +223,23 @@ impl Config {
         }
         if self.batch_max_items == 0 {
             return bad("batch_max_items", "must be at least 1");
+        }
+        let second = Duration::from_secs(1);
+        for (key, value) in [
+            ("header_read_timeout", self.header_read_timeout),
+            ("request_timeout", self.request_timeout),
+            ("idle_timeout", self.idle_timeout),
+        ] {
+            if value < second {
+                return bad(key, "must be at least 1s");
+            }
+        }
+        if self.idle_timeout < self.request_timeout {
+            // A request waiting on its handler moves no bytes; it must not count as idle.
+            return bad("idle_timeout", "must be at least request_timeout");
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections", "must be at least 1");
         }
         if self.required_headers.iter().any(|h| h.trim().is_empty()) {
             return bad("required_headers", "names must not be empty");
@@ -309,6 +351,12 @@ mod tests {
         assert_eq!(config.batch_max_body_bytes, defaults.batch_max_body_bytes);
         assert_eq!(config.required_headers, defaults.required_headers);
         assert_eq!(config.require_virtual_key, defaults.require_virtual_key);
+        assert_eq!(config.log_level, defaults.log_level);
+        assert_eq!(config.log_format, defaults.log_format);
+        assert_eq!(config.header_read_timeout, defaults.header_read_timeout);
+        assert_eq!(config.request_timeout, defaults.request_timeout);
+        assert_eq!(config.idle_timeout, defaults.idle_timeout);
+        assert_eq!(config.max_connections, defaults.max_connections);
         assert!(config.auth.is_open());
     }
 
@@ -393,6 +441,10 @@ mod tests {
             ("HEIMDALL__MAX_BODY_BYTES", "10"),
             ("HEIMDALL__ACK", "sometimes"),
             ("HEIMDALL__LISTEN", "not-an-address"),
+            ("HEIMDALL__LOG_FORMAT", "xml"),
+            ("HEIMDALL__REQUEST_TIMEOUT", "0s"),
+            ("HEIMDALL__IDLE_TIMEOUT", "5s"),
+            ("HEIMDALL__MAX_CONNECTIONS", "0"),
         ] {
             let err = Config::load(None, env(&[(key, value)]), &Overrides::default())
                 .unwrap_err()

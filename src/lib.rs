@@ -11,6 +11,7 @@ pub mod domain;
 pub mod engine;
 pub mod http;
 pub mod state;
+pub mod telemetry;
 pub mod worker;
 
 pub use app::App;

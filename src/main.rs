@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use heimdall::cli::{Cli, Command, ServeArgs};
-use heimdall::config::{Config, Overrides};
+use heimdall::config::{Config, LogFormat, Overrides};
 use heimdall::db::Db;
 use heimdall::App;
 use tracing_subscriber::EnvFilter;
@@ -75,9 +75,17 @@ fn init_logs(config: &Config) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }

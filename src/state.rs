@@ -10,6 +10,7 @@ use crate::engine::check::CheckPolicy;
 use crate::engine::dedup::Dedup;
 use crate::engine::rollup::Rollups;
 use crate::engine::Store;
+use crate::telemetry::Metrics;
 use crate::worker::{FlushSignal, Flusher, Versions};
 
 #[derive(Debug, Clone)]
@@ -35,6 +36,8 @@ pub struct AppState {
     pub policy: Arc<CheckPolicy>,
     /// Hashed bearer tokens.
     pub auth: Arc<Auth>,
+    /// The Prometheus series of this application.
+    pub metrics: Arc<Metrics>,
     pub config: Arc<Config>,
 }
 
@@ -50,6 +53,7 @@ impl AppState {
             signal: Arc::clone(&self.signal),
             db_up: Arc::clone(&self.db_up),
             admin_writes: Arc::clone(&self.admin_writes),
+            metrics: Arc::clone(&self.metrics),
         }
     }
 }

@@ -102,20 +102,28 @@ pub struct Flusher {
     pub db_up: Arc<AtomicBool>,
     /// Held while reloading, so that no admin write interleaves with a reload.
     pub admin_writes: Arc<tokio::sync::Mutex<()>>,
+    pub metrics: Arc<crate::telemetry::Metrics>,
 }
 
 impl Flusher {
     /// One full tick: every counter's window and delta, read-back, reload, keys, rollups.
     pub async fn flush_once(&self) -> Result<FlushReport, DbError> {
-        let result = self.flush_inner(true).await;
-        self.db_up.store(result.is_ok(), Ordering::Release);
-        result
+        self.measured(true).await
     }
 
     /// A tick for durable writers: only the counters changed since the last flush.
     pub async fn flush_dirty(&self) -> Result<FlushReport, DbError> {
-        let result = self.flush_inner(false).await;
+        self.measured(false).await
+    }
+
+    async fn measured(&self, full: bool) -> Result<FlushReport, DbError> {
+        let started = std::time::Instant::now();
+        let result = self.flush_inner(full).await;
         self.db_up.store(result.is_ok(), Ordering::Release);
+        match &result {
+            Ok(report) => self.metrics.flushed(!full, started.elapsed(), report),
+            Err(_) => self.metrics.flush_failures.increment(1),
+        }
         result
     }
 

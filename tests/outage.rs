@@ -202,6 +202,19 @@ async fn an_outage_loses_nothing_and_readiness_recovers() {
         .as_str()
         .unwrap()
         .contains("database"));
+    // The gauge follows the flushes: it drops once a flush has failed (after the pool's
+    // connection attempts time out).
+    let mut down = app.metrics().await;
+    for _ in 0..150 {
+        if common::metric(&down, "heimdall_database_up") == Some(0.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        down = app.metrics().await;
+    }
+    assert_eq!(common::metric(&down, "heimdall_database_up"), Some(0.0));
+    assert!(common::metric(&down, "heimdall_flush_failures_total").unwrap() >= 1.0);
+    assert!(common::metric(&down, "heimdall_pending_deltas").unwrap() >= 1.0);
     assert!(server.up(), "restarting the server");
     let mut ready = false;
     for _ in 0..200 {
@@ -212,6 +225,8 @@ async fn an_outage_loses_nothing_and_readiness_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(ready, "/readyz recovers by itself");
+    let up = app.metrics().await;
+    assert_eq!(common::metric(&up, "heimdall_database_up"), Some(1.0));
     stop.store(true, Ordering::SeqCst);
     for t in load {
         t.await.unwrap();

@@ -95,7 +95,8 @@ impl Db {
                 Backend::Postgres => 16,
                 Backend::Sqlite => 2,
             })
-            .acquire_timeout(Duration::from_secs(10))
+            // Short, so that an unreachable database fails a flush (and /readyz) quickly.
+            .acquire_timeout(Duration::from_secs(3))
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {

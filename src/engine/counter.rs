@@ -95,6 +95,11 @@ impl Counter {
         self.base.load(Ordering::Acquire) + self.pending.load(Ordering::Acquire)
     }
 
+    /// What this process added and has not yet written.
+    pub fn pending(&self) -> i64 {
+        self.pending.load(Ordering::Acquire)
+    }
+
     /// The stored usage and window start, as they are (expired or not).
     pub fn raw(&self) -> (i64, Micros) {
         (self.used(), self.start.load(Ordering::Acquire))

@@ -44,6 +44,27 @@ pub struct CheckRequest {
     pub request_id: Option<String>,
 }
 
+impl CheckRequest {
+    /// What the engine checks.
+    pub fn input(&self) -> CheckInput<'_> {
+        CheckInput {
+            virtual_key: self.virtual_key.as_deref(),
+            provider: self.provider.as_deref().unwrap_or(""),
+            model: self.model.as_deref().unwrap_or(""),
+            user_id: self.user_id.as_deref(),
+            request_type: self.request_type.as_deref(),
+        }
+    }
+
+    /// The names of the headers the request carries.
+    pub fn header_names(&self) -> Vec<&str> {
+        self.headers
+            .iter()
+            .flat_map(|h| h.keys().map(String::as_str))
+            .collect()
+    }
+}
+
 /// The id of the entity a limit belongs to, serialized without allocating.
 #[derive(Debug, Clone, Copy)]
 pub struct IdView<'a>(EntityRef<'a>);
@@ -154,6 +175,17 @@ impl<'a> DecisionBody<'a> {
             checks: d.checks.iter().map(check_view).collect(),
         }
     }
+}
+
+/// What `/v1/check` answers with a 400 or 401: a decision (`missing_required_headers`,
+/// `virtual_key_required`), or the error envelope (an invalid body, a missing or wrong token).
+/// Only a schema: responses are built as one or the other.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(untagged)]
+pub enum DecisionOrError {
+    Decision(DecisionBody<'static>),
+    Error(ErrorBody),
 }
 
 /// Writes `d` as the JSON of `DecisionBody`, by hand: this body is the largest the hot path
@@ -315,13 +347,21 @@ fn validate(req: &CheckRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Decodes and validates one `/v1/check` body as the handler does. For fuzzing.
+pub fn decode_check(body: &[u8]) -> Result<CheckRequest, ApiError> {
+    let req: CheckRequest = serde_json::from_slice(body)
+        .map_err(|e| ApiError::InvalidRequest(format!("invalid body: {e}")))?;
+    validate(&req)?;
+    Ok(req)
+}
+
 /// Check whether a request may go out, against every limit that governs it.
 #[utoipa::path(post, path = "/v1/check", tag = "gateway",
     request_body = CheckRequest,
     responses(
         (status = 200, description = "Allowed", body = DecisionBody),
-        (status = 400, description = "Missing required headers, or an invalid body (error envelope)", body = DecisionBody),
-        (status = 401, description = "Virtual key required, or no valid token (error envelope)", body = DecisionBody),
+        (status = 400, description = "Missing required headers, or an invalid body (error envelope)", body = DecisionOrError),
+        (status = 401, description = "Virtual key required, or no valid token (error envelope)", body = DecisionOrError),
         (status = 402, description = "Budget exceeded", body = DecisionBody),
         (status = 403, description = "Key not found or blocked, provider or model blocked", body = DecisionBody),
         (status = 413, body = ErrorBody),
@@ -334,20 +374,11 @@ pub async fn check_request(
 ) -> Result<Response, ApiError> {
     validate(&req)?;
     let now = now_micros();
-    let input = CheckInput {
-        virtual_key: req.virtual_key.as_deref(),
-        provider: req.provider.as_deref().unwrap_or(""),
-        model: req.model.as_deref().unwrap_or(""),
-        user_id: req.user_id.as_deref(),
-        request_type: req.request_type.as_deref(),
-    };
-    let header_names: Vec<&str> = req
-        .headers
-        .iter()
-        .flat_map(|h| h.keys().map(String::as_str))
-        .collect();
+    let input = req.input();
+    let header_names = req.header_names();
     let snapshot = state.store.guard();
     let decision = check(&snapshot, &state.policy, &input, &header_names, now);
+    state.metrics.decision(decision.verdict);
     let retry = decision.retry_at.map(|at| retry_after(at, now));
     let status = StatusCode::from_u16(decision.verdict.status()).unwrap_or(StatusCode::OK);
     let mut json = Vec::with_capacity(384 + 192 * decision.checks.len());

@@ -33,6 +33,8 @@ pub enum ApiError {
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{0}")]
+    RequestTimeout(String),
+    #[error("{0}")]
     Unavailable(String),
     /// Details go to the log, never to the client.
     #[error("internal error")]
@@ -83,6 +85,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
+            ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -92,9 +95,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, kind) = self.status_and_kind();
-        if let ApiError::Internal(detail) = &self {
-            tracing::error!(error = %detail, "request failed");
-        }
+        // The detail of an internal error is logged once, on the request's access-log line.
+        let failure = match &self {
+            ApiError::Internal(detail) => Some(crate::telemetry::FailureDetail(detail.clone())),
+            _ => None,
+        };
         let message = self.to_string();
         let details = match self {
             ApiError::InvalidItems(_, items) => Some(items),
@@ -108,7 +113,11 @@ impl IntoResponse for ApiError {
                 details,
             },
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Some(failure) = failure {
+            response.extensions_mut().insert(failure);
+        }
+        response
     }
 }
 

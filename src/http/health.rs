@@ -1,4 +1,5 @@
-//! `/healthz` (the process is up) and `/readyz` (the database answers and state is loaded).
+//! `/healthz` (the process is up), `/readyz` (the database answers and state is loaded) and
+//! `/metrics` (Prometheus).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -16,6 +17,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(healthz))
         .routes(routes!(readyz))
+        .routes(routes!(metrics))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -54,4 +56,19 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             ApiError::Unavailable(format!("database unreachable: {e}")).into_response()
         }
     }
+}
+
+/// Prometheus metrics in the text exposition format. The README lists every series.
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain; version=0.0.4", body = String)))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let text = state.metrics.render(&state);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }

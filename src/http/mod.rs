@@ -11,15 +11,20 @@ pub mod limits;
 pub mod model_configs;
 pub mod page;
 pub mod providers;
+pub mod serve;
 pub mod teams;
 pub mod usage;
 pub mod usage_report;
 pub mod users;
 pub mod virtual_keys;
 
-use axum::extract::DefaultBodyLimit;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
-use tower_http::trace::TraceLayer;
+use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
@@ -83,6 +88,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(state: AppState) -> Router {
     let (api, doc) = api_router(state.config.batch_max_body_bytes).split_for_parts();
     let max_body = state.config.max_body_bytes;
+    // Layers run outside in: observe (request id, access log, metrics) → catch panics →
+    // request timeout → body limit → auth → the handler.
     api.merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
         .fallback(error::not_found_fallback)
         .method_not_allowed_fallback(error::method_not_allowed_fallback)
@@ -91,8 +98,38 @@ pub fn router(state: AppState) -> Router {
             crate::auth::require_token,
         ))
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn_with_state(
+            state.config.request_timeout,
+            request_timeout,
+        ))
+        .layer(CatchPanicLayer::custom(panicked))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::telemetry::observe,
+        ))
         .with_state(state)
+}
+
+/// Answers 408 when a request (reading its body included) takes longer than `limit`.
+async fn request_timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => error::ApiError::RequestTimeout(format!(
+            "the request took longer than {} ms",
+            limit.as_millis()
+        ))
+        .into_response(),
+    }
+}
+
+/// A handler that panicked answers 500 in the envelope; the process keeps serving.
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a handler panicked".to_owned());
+    error::ApiError::Internal(format!("panic: {detail}")).into_response()
 }
 
 /// Validates a required text field: non-blank and at most 256 bytes.

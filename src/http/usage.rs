@@ -19,7 +19,7 @@ use crate::config::AckMode;
 use crate::domain::time::now_micros;
 use crate::domain::{Micros, Money};
 use crate::engine::dedup::{dedup_key, DedupKey, Phase};
-use crate::engine::usage::{apply, UsageEvent};
+use crate::engine::usage::{apply, Charge, UsageEvent};
 use crate::state::AppState;
 
 pub fn router(batch_max_body_bytes: usize) -> OpenApiRouter<AppState> {
@@ -207,6 +207,7 @@ impl UsageUpdate<'_> {
 fn record(state: &AppState, valid: &Valid<'_>, now: Micros) -> bool {
     if let Some(key) = valid.dedup {
         if !state.dedup.first_time(key, now) {
+            state.metrics.usage_duplicate.increment(1);
             return false;
         }
     }
@@ -216,14 +217,17 @@ fn record(state: &AppState, valid: &Valid<'_>, now: Micros) -> bool {
         tracing::debug!("usage for an unknown virtual key: key levels skipped");
     }
     let e = &valid.event;
+    let charge = e.charge();
     state.rollups.record(
         now,
         applied.key.map(|k| k.as_ref()),
         e.user_id.unwrap_or(""),
         e.provider,
         e.model,
-        &e.charge(),
+        &charge,
     );
+    state.metrics.usage_accepted.increment(1);
+    state.metrics.charged(e.provider, e.model, &charge);
     true
 }
 
@@ -255,8 +259,14 @@ pub async fn record_usage(
     State(state): State<AppState>,
     ApiJsonBytes(body): ApiJsonBytes,
 ) -> Result<(StatusCode, ApiJson<UsageAccepted>), ApiError> {
-    let update: UsageUpdate<'_> = parse(&body)?;
-    let valid = update.validate().map_err(ApiError::InvalidRequest)?;
+    let rejected = |e: ApiError| {
+        state.metrics.usage_rejected.increment(1);
+        e
+    };
+    let update: UsageUpdate<'_> = parse(&body).map_err(rejected)?;
+    let valid = update
+        .validate()
+        .map_err(|e| rejected(ApiError::InvalidRequest(e)))?;
     let applied = record(&state, &valid, now_micros());
     acknowledge(&state).await?;
     Ok((
@@ -268,27 +278,27 @@ pub async fn record_usage(
     ))
 }
 
-/// Record many updates at once. The batch is validated whole first: one invalid item rejects
-/// it with per-item details, and nothing is applied.
-#[utoipa::path(post, path = "/v1/usage/batch", tag = "gateway",
-    request_body = UsageBatch,
-    responses((status = 202, body = BatchAccepted), (status = 503, description = "ack = durable and the database is unreachable", body = ErrorBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
-pub async fn record_usage_batch(
-    State(state): State<AppState>,
-    ApiJsonBytes(body): ApiJsonBytes,
-) -> Result<(StatusCode, ApiJson<BatchAccepted>), ApiError> {
+/// Parses and validates a batch whole, then hands its valid updates to `apply`. A batch with
+/// any invalid item is rejected with per-item details (and how many items it carried).
+fn with_valid_batch<R>(
+    body: &[u8],
+    max_items: usize,
+    apply: impl FnOnce(&[Valid<'_>]) -> R,
+) -> Result<R, (ApiError, usize)> {
     // The common case parses in one pass; only a batch with a malformed item is parsed again
     // item by item, to say which items are wrong.
-    let (parsed, mut errors): Parsed = match serde_json::from_slice::<TypedBatch>(&body) {
+    let (parsed, mut errors): Parsed = match serde_json::from_slice::<TypedBatch>(body) {
         Ok(batch) => (batch.updates.into_iter().enumerate().collect(), Vec::new()),
-        Err(_) => per_item(&body)?,
+        Err(_) => per_item(body).map_err(|e| (e, 1))?,
     };
-    let max = state.config.batch_max_items;
     let items = parsed.len() + errors.len();
-    if items > max {
-        return Err(ApiError::InvalidRequest(format!(
-            "updates: at most {max} items per batch, got {items}"
-        )));
+    if items > max_items {
+        return Err((
+            ApiError::InvalidRequest(format!(
+                "updates: at most {max_items} items per batch, got {items}"
+            )),
+            items,
+        ));
     }
     let mut valid = Vec::with_capacity(parsed.len());
     for (index, update) in &parsed {
@@ -302,15 +312,45 @@ pub async fn record_usage_batch(
     }
     errors.sort_by_key(|e| e.index);
     if !errors.is_empty() {
-        return Err(ApiError::InvalidItems(
-            format!("{} invalid update(s); nothing was applied", errors.len()),
-            errors,
-        ));
+        let message = format!("{} invalid update(s); nothing was applied", errors.len());
+        return Err((ApiError::InvalidItems(message, errors), items));
     }
-    let now = now_micros();
-    let accepted = valid.iter().filter(|v| record(&state, v, now)).count();
-    let duplicates = valid.len() - accepted;
-    drop(valid);
+    Ok(apply(&valid))
+}
+
+/// Decodes and validates one `/v1/usage` body as the handler does, without applying it: what
+/// it would charge. For fuzzing.
+pub fn decode_usage(body: &[u8]) -> Result<Charge, ApiError> {
+    let update: UsageUpdate<'_> = parse(body)?;
+    let valid = update.validate().map_err(ApiError::InvalidRequest)?;
+    Ok(valid.event.charge())
+}
+
+/// Decodes and validates one `/v1/usage/batch` body as the handler does, without applying it:
+/// how many updates it holds. For fuzzing.
+pub fn decode_usage_batch(body: &[u8], max_items: usize) -> Result<usize, ApiError> {
+    with_valid_batch(body, max_items, |valid| valid.len()).map_err(|(e, _)| e)
+}
+
+/// Record many updates at once. The batch is validated whole first: one invalid item rejects
+/// it with per-item details, and nothing is applied.
+#[utoipa::path(post, path = "/v1/usage/batch", tag = "gateway",
+    request_body = UsageBatch,
+    responses((status = 202, body = BatchAccepted), (status = 503, description = "ack = durable and the database is unreachable", body = ErrorBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
+pub async fn record_usage_batch(
+    State(state): State<AppState>,
+    ApiJsonBytes(body): ApiJsonBytes,
+) -> Result<(StatusCode, ApiJson<BatchAccepted>), ApiError> {
+    let max = state.config.batch_max_items;
+    let counted = with_valid_batch(&body, max, |valid| {
+        let now = now_micros();
+        let accepted = valid.iter().filter(|v| record(&state, v, now)).count();
+        (accepted, valid.len() - accepted)
+    });
+    let (accepted, duplicates) = counted.map_err(|(e, rejected)| {
+        state.metrics.usage_rejected.increment(rejected as u64);
+        e
+    })?;
     acknowledge(&state).await?;
     Ok((
         StatusCode::ACCEPTED,

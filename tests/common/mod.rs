@@ -236,12 +236,31 @@ impl TestApp {
         self.state.flusher().flush_once().await.expect("flush")
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let resp = self.client.get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.text().await.unwrap()
+    }
+
     /// POSTs and expects 200, returning the body.
     pub async fn create(&self, path: &str, body: Value) -> Value {
         let (status, body) = self.post(path, body).await;
         assert_eq!(status, 200, "POST {path}: {body}");
         body
     }
+}
+
+/// The value of one series in a Prometheus text exposition (`name{labels}` exactly as
+/// rendered), or None when the series is absent.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// Asserts a 4xx envelope with the given status and type, and returns its message.
@@ -284,6 +303,15 @@ macro_rules! on_both_backends {
 /// Starts the `heimdall` binary serving `db` on a free loopback port with extra environment,
 /// and waits until it answers. Returns the process and its base URL.
 pub async fn spawn_binary(db: &TestDb, env: &[(&str, &str)]) -> (std::process::Child, String) {
+    spawn_binary_with(db, env, std::process::Stdio::inherit()).await
+}
+
+/// As [`spawn_binary`], with the process's standard error going to `stderr`.
+pub async fn spawn_binary_with(
+    db: &TestDb,
+    env: &[(&str, &str)],
+    stderr: std::process::Stdio,
+) -> (std::process::Child, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -299,6 +327,7 @@ pub async fn spawn_binary(db: &TestDb, env: &[(&str, &str)]) -> (std::process::C
         ])
         .env("HEIMDALL__LOG_LEVEL", "warn")
         .envs(env.iter().copied())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");

@@ -1,0 +1,483 @@
+//! Prometheus metrics (`GET /metrics`) and the per-request access log.
+//!
+//! The recorder is owned by the application state, not installed as the process-wide
+//! `metrics` recorder: every `App` (and every test) has its own series. Handles of labelled
+//! series are registered once and cached, so recording on the hot path is a map lookup and
+//! an atomic add. Label sets are bounded: routes are the router's templates, statuses and
+//! decisions are enums, and provider × model pairs are capped at [`MAX_MODEL_SERIES`].
+
+use std::collections::HashMap;
+use std::sync::{PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+use crate::engine::check::Verdict;
+use crate::engine::usage::Charge;
+use crate::state::AppState;
+
+/// Distinct provider × model pairs given their own series; later pairs share `_other`.
+pub const MAX_MODEL_SERIES: usize = 512;
+/// The label value of pairs beyond [`MAX_MODEL_SERIES`].
+pub const OTHER: &str = "_other";
+
+/// Upper bounds of the latency histograms, in seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+const VERDICTS: [Verdict; 11] = [
+    Verdict::Allow,
+    Verdict::MissingRequiredHeaders,
+    Verdict::VirtualKeyRequired,
+    Verdict::VirtualKeyNotFound,
+    Verdict::VirtualKeyBlocked,
+    Verdict::ProviderBlocked,
+    Verdict::ModelBlocked,
+    Verdict::RateLimited,
+    Verdict::TokenLimited,
+    Verdict::RequestLimited,
+    Verdict::BudgetExceeded,
+];
+
+/// Every series Heimdall exports: name, type, help. The README's table lists the same.
+const DESCRIPTIONS: &[(&str, &str, &str)] = &[
+    ("heimdall_http_requests_total", "counter", "HTTP requests answered, by route template, method and status."),
+    ("heimdall_http_request_duration_seconds", "histogram", "Time to answer an HTTP request, by route template, method and status."),
+    ("heimdall_decisions_total", "counter", "Decisions of /v1/check, by decision type."),
+    ("heimdall_usage_updates_total", "counter", "Usage updates by result: accepted (applied), duplicate (a repeated request_id), rejected (invalid; nothing applied)."),
+    ("heimdall_usage_tokens_total", "counter", "Tokens charged by usage updates, by provider and model."),
+    ("heimdall_usage_requests_total", "counter", "Requests charged by usage updates, by provider and model."),
+    ("heimdall_usage_cost_nanodollars_total", "counter", "Cost charged by usage updates in nano-dollars (1e-9 USD), by provider and model."),
+    ("heimdall_flush_duration_seconds", "histogram", "Time of one flush to the database, by kind: full (the periodic tick) or durable (woken by ack = durable writers)."),
+    ("heimdall_flush_rows_total", "counter", "Rows written by flushes, by table."),
+    ("heimdall_flush_failures_total", "counter", "Flushes that failed (the database was unreachable or refused the write)."),
+    ("heimdall_pending_deltas", "gauge", "Counters holding usage not yet written to the database."),
+    ("heimdall_database_up", "gauge", "1 when the last flush reached the database, 0 otherwise."),
+    ("heimdall_entities", "gauge", "Entities loaded in memory, by kind."),
+];
+
+/// The metrics of one application.
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    /// By route template, then (method, status).
+    http: RwLock<HashMap<String, RouteSeries>>,
+    decisions: Vec<Counter>,
+    pub usage_accepted: Counter,
+    pub usage_duplicate: Counter,
+    pub usage_rejected: Counter,
+    /// By provider, then model.
+    models: RwLock<ModelSeries>,
+    flush_full: Histogram,
+    flush_durable: Histogram,
+    pub flush_failures: Counter,
+    pub rows_budgets: Counter,
+    pub rows_rate_limits: Counter,
+    pub rows_rollups: Counter,
+    pub rows_dedup_keys: Counter,
+    pending: Gauge,
+    database_up: Gauge,
+    entities: Vec<(&'static str, Gauge)>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// The series of one route, by method and status.
+type RouteSeries = Vec<(Method, u16, HttpSeries)>;
+
+#[derive(Clone)]
+struct HttpSeries {
+    requests: Counter,
+    duration: Histogram,
+}
+
+#[derive(Clone)]
+struct UsageSeries {
+    tokens: Counter,
+    requests: Counter,
+    cost: Counter,
+}
+
+#[derive(Default)]
+struct ModelSeries {
+    by_provider: HashMap<String, HashMap<String, UsageSeries>>,
+    pairs: usize,
+}
+
+/// The kinds of `heimdall_entities`.
+pub const ENTITY_KINDS: [&str; 6] = [
+    "customer",
+    "team",
+    "virtual_key",
+    "provider",
+    "model_config",
+    "user",
+];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(LATENCY_BUCKETS)
+            .expect("the bucket list is not empty")
+            .build_recorder();
+        for (name, kind, help) in DESCRIPTIONS {
+            let name = KeyName::from_const_str(name);
+            let help = SharedString::const_str(help);
+            match *kind {
+                "counter" => recorder.describe_counter(name, None, help),
+                "gauge" => recorder.describe_gauge(name, None, help),
+                _ => recorder.describe_histogram(name, None, help),
+            }
+        }
+        let handle = recorder.handle();
+        let counter = |name: &'static str, labels: &[(&'static str, &'static str)]| {
+            recorder.register_counter(&key(name, labels), &META)
+        };
+        let gauge = |name: &'static str, labels: &[(&'static str, &'static str)]| {
+            recorder.register_gauge(&key(name, labels), &META)
+        };
+        let histogram = |name: &'static str, labels: &[(&'static str, &'static str)]| {
+            recorder.register_histogram(&key(name, labels), &META)
+        };
+        let updates = "heimdall_usage_updates_total";
+        let rows = "heimdall_flush_rows_total";
+        let flush = "heimdall_flush_duration_seconds";
+        let metrics = Metrics {
+            http: RwLock::default(),
+            decisions: VERDICTS
+                .iter()
+                .map(|v| counter("heimdall_decisions_total", &[("decision", v.code())]))
+                .collect(),
+            usage_accepted: counter(updates, &[("result", "accepted")]),
+            usage_duplicate: counter(updates, &[("result", "duplicate")]),
+            usage_rejected: counter(updates, &[("result", "rejected")]),
+            models: RwLock::default(),
+            flush_full: histogram(flush, &[("kind", "full")]),
+            flush_durable: histogram(flush, &[("kind", "durable")]),
+            flush_failures: counter("heimdall_flush_failures_total", &[]),
+            rows_budgets: counter(rows, &[("table", "budgets")]),
+            rows_rate_limits: counter(rows, &[("table", "rate_limits")]),
+            rows_rollups: counter(rows, &[("table", "usage_rollups")]),
+            rows_dedup_keys: counter(rows, &[("table", "dedup_keys")]),
+            pending: gauge("heimdall_pending_deltas", &[]),
+            database_up: gauge("heimdall_database_up", &[]),
+            entities: ENTITY_KINDS
+                .iter()
+                .map(|k| (*k, gauge("heimdall_entities", &[("kind", k)])))
+                .collect(),
+            recorder,
+            handle,
+        };
+        metrics.database_up.set(1.0);
+        metrics
+    }
+
+    /// Counts one `/v1/check` decision.
+    pub fn decision(&self, verdict: Verdict) {
+        if let Some(i) = VERDICTS.iter().position(|v| *v == verdict) {
+            self.decisions[i].increment(1);
+        }
+    }
+
+    /// Counts what one applied usage update charged.
+    pub fn charged(&self, provider: &str, model: &str, charge: &Charge) {
+        let series = self.model_series(provider, model);
+        if let Some(t) = charge.tokens.filter(|t| *t > 0) {
+            series.tokens.increment(t as u64);
+        }
+        if let Some(r) = charge.requests.filter(|r| *r > 0) {
+            series.requests.increment(r as u64);
+        }
+        if let Some(c) = charge.cost.filter(|c| *c > 0) {
+            series.cost.increment(c as u64);
+        }
+    }
+
+    fn model_series(&self, provider: &str, model: &str) -> UsageSeries {
+        {
+            let models = self.models.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(s) = models.by_provider.get(provider).and_then(|m| m.get(model)) {
+                return s.clone();
+            }
+        }
+        let mut models = self.models.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(s) = models.by_provider.get(provider).and_then(|m| m.get(model)) {
+            return s.clone();
+        }
+        let (p, m) = if models.pairs < MAX_MODEL_SERIES {
+            (provider, model)
+        } else {
+            (OTHER, OTHER)
+        };
+        let labels = || {
+            vec![
+                Label::new("provider", p.to_owned()),
+                Label::new("model", m.to_owned()),
+            ]
+        };
+        let register = |name: &'static str| {
+            self.recorder
+                .register_counter(&Key::from_parts(name, labels()), &META)
+        };
+        let series = UsageSeries {
+            tokens: register("heimdall_usage_tokens_total"),
+            requests: register("heimdall_usage_requests_total"),
+            cost: register("heimdall_usage_cost_nanodollars_total"),
+        };
+        // Pairs past the cap are remembered too, so they stay a read-locked lookup.
+        models.pairs += 1;
+        models
+            .by_provider
+            .entry(provider.to_owned())
+            .or_default()
+            .insert(model.to_owned(), series.clone());
+        series
+    }
+
+    /// Records one flush.
+    pub fn flushed(&self, durable: bool, took: Duration, rows: &crate::worker::FlushReport) {
+        let histogram = if durable {
+            &self.flush_durable
+        } else {
+            &self.flush_full
+        };
+        histogram.record(took.as_secs_f64());
+        self.rows_budgets.increment(rows.budgets_written as u64);
+        self.rows_rate_limits
+            .increment(rows.rate_limits_written as u64);
+        self.rows_rollups.increment(rows.rollups_written as u64);
+        self.rows_dedup_keys
+            .increment(rows.dedup_keys_written as u64);
+    }
+
+    /// Records one HTTP request.
+    fn request(&self, route: &str, method: &Method, status: u16, took: Duration) {
+        let series = self.http_series(route, method, status);
+        series.requests.increment(1);
+        series.duration.record(took.as_secs_f64());
+    }
+
+    fn http_series(&self, route: &str, method: &Method, status: u16) -> HttpSeries {
+        let find = |v: &RouteSeries| {
+            v.iter()
+                .find(|(m, s, _)| m == method && *s == status)
+                .map(|(_, _, series)| series.clone())
+        };
+        {
+            let http = self.http.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(s) = http.get(route).and_then(find) {
+                return s;
+            }
+        }
+        let mut http = self.http.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(s) = http.get(route).and_then(find) {
+            return s;
+        }
+        let labels = || {
+            vec![
+                Label::new("route", route.to_owned()),
+                Label::new("method", method_label(method)),
+                Label::new("status", status.to_string()),
+            ]
+        };
+        let series = HttpSeries {
+            requests: self.recorder.register_counter(
+                &Key::from_parts("heimdall_http_requests_total", labels()),
+                &META,
+            ),
+            duration: self.recorder.register_histogram(
+                &Key::from_parts("heimdall_http_request_duration_seconds", labels()),
+                &META,
+            ),
+        };
+        http.entry(route.to_owned())
+            .or_default()
+            .push((method.clone(), status, series.clone()));
+        series
+    }
+
+    /// Folds recorded histogram samples into their buckets; called periodically so that memory
+    /// stays bounded between scrapes.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    /// The Prometheus text exposition, with the gauges read from `state` now.
+    pub fn render(&self, state: &AppState) -> String {
+        let snapshot = state.store.snapshot();
+        let pending = snapshot
+            .budgets()
+            .filter(|b| b.counter.pending() != 0)
+            .count()
+            + snapshot
+                .rate_limits()
+                .map(|r| {
+                    usize::from(r.tokens.pending() != 0) + usize::from(r.requests.pending() != 0)
+                })
+                .sum::<usize>();
+        self.pending.set(pending as f64);
+        let up = state.db_up.load(std::sync::atomic::Ordering::Acquire);
+        self.database_up.set(if up { 1.0 } else { 0.0 });
+        for (kind, gauge) in &self.entities {
+            let n = match *kind {
+                "customer" => snapshot.customers.len(),
+                "team" => snapshot.teams.len(),
+                "virtual_key" => snapshot.virtual_keys.len(),
+                "provider" => snapshot.providers.len(),
+                "model_config" => snapshot.model_configs.len(),
+                _ => snapshot.users.len(),
+            };
+            gauge.set(n as f64);
+        }
+        self.handle.render()
+    }
+}
+
+static META: Metadata<'static> = Metadata::new("heimdall", metrics::Level::INFO, None);
+
+fn key(name: &'static str, labels: &[(&'static str, &'static str)]) -> Key {
+    Key::from_parts(
+        name,
+        labels
+            .iter()
+            .map(|(k, v)| Label::from_static_parts(k, v))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// Methods outside the standard set share one label value.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// The `x-request-id` header: taken from the caller when it is a sane token, else generated,
+/// and echoed in the response.
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A request's id, in the request's extensions for handlers that want it.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub HeaderValue);
+
+/// A caller's id is kept when it is 1–128 visible ASCII characters.
+fn caller_request_id(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic())
+}
+
+fn generate_request_id() -> HeaderValue {
+    let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+    let mut buf = uuid::Uuid::encode_buffer();
+    HeaderValue::from_str(id.simple().encode_lower(&mut buf))
+        .expect("a UUID is a valid header value")
+}
+
+/// The detail of a 5xx, handed from the error to the access log (never to the client).
+#[derive(Debug, Clone)]
+pub struct FailureDetail(pub String);
+
+/// Middleware: request id, one access-log line and the HTTP metrics of every request.
+pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .filter(|v| caller_request_id(v))
+        .cloned()
+        .unwrap_or_else(generate_request_id);
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let mut response = next.run(req).await.into_response();
+    let took = started.elapsed();
+    let status = response.status().as_u16();
+    let route = route.as_deref().unwrap_or("unmatched");
+    state.metrics.request(route, &method, status, took);
+    let duration_ms = took.as_micros() as f64 / 1000.0;
+    let request_id = id.to_str().unwrap_or("");
+    match response.extensions_mut().remove::<FailureDetail>() {
+        Some(FailureDetail(error)) => tracing::error!(
+            target: "heimdall::access",
+            method = %method, route, status, duration_ms, request_id, error,
+            "request failed"
+        ),
+        None => tracing::info!(
+            target: "heimdall::access",
+            method = %method, route, status, duration_ms, request_id,
+            "request"
+        ),
+    }
+    response.headers_mut().insert(REQUEST_ID.clone(), id);
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_model_pairs_are_capped() {
+        let m = Metrics::new();
+        let charge = Charge {
+            tokens: Some(1),
+            requests: Some(1),
+            cost: Some(1),
+        };
+        for i in 0..MAX_MODEL_SERIES + 10 {
+            m.charged("p", &format!("m{i}"), &charge);
+        }
+        let text = m.handle.render();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("heimdall_usage_tokens_total{"))
+            .count();
+        assert_eq!(
+            series,
+            MAX_MODEL_SERIES + 1,
+            "the cap plus one _other series"
+        );
+        assert!(
+            text.contains("heimdall_usage_tokens_total{provider=\"_other\",model=\"_other\"} 10")
+        );
+    }
+
+    #[test]
+    fn caller_request_ids_are_kept_only_when_sane() {
+        assert!(caller_request_id(&HeaderValue::from_static("req-42_abc")));
+        assert!(!caller_request_id(&HeaderValue::from_static("")));
+        assert!(!caller_request_id(&HeaderValue::from_static("has space")));
+        let long = "a".repeat(129);
+        assert!(!caller_request_id(&HeaderValue::from_str(&long).unwrap()));
+        let generated = generate_request_id();
+        assert_eq!(generated.len(), 32);
+        assert!(caller_request_id(&generated));
+    }
+}
