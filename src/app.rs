@@ -81,7 +81,7 @@ impl App {
         dedup.preload(keys);
         let versions = Versions::default();
         versions.start_at(config_version, usage_version);
-        let state = AppState {
+        let state = AppState(Arc::new(crate::state::SharedState {
             store: Arc::new(Store::new(snapshot)),
             db,
             admin_writes: Arc::new(tokio::sync::Mutex::new(())),
@@ -101,7 +101,7 @@ impl App {
             auth: Arc::new(auth),
             metrics: Arc::new(crate::telemetry::Metrics::new()),
             config: Arc::new(config),
-        };
+        }));
         // Windows that ended while the service was down are reset now, at every level.
         state.flusher().flush_once().await?;
         Ok(App { listener, state })

@@ -13,8 +13,21 @@ use crate::engine::Store;
 use crate::telemetry::Metrics;
 use crate::worker::{FlushSignal, Flusher, Versions};
 
+/// The state handlers share: one `Arc`, so that cloning it per request (extractors,
+/// middleware) costs a single reference count.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(pub Arc<SharedState>);
+
+impl std::ops::Deref for AppState {
+    type Target = SharedState;
+
+    fn deref(&self) -> &SharedState {
+        &self.0
+    }
+}
+
+#[derive(Debug)]
+pub struct SharedState {
     /// The in-memory governance state; every read comes from here.
     pub store: Arc<Store>,
     /// The database; admin changes are written through to it before they reach the store.
@@ -41,7 +54,7 @@ pub struct AppState {
     pub config: Arc<Config>,
 }
 
-impl AppState {
+impl SharedState {
     /// The worker's view of this state.
     pub fn flusher(&self) -> Flusher {
         Flusher {

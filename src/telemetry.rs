@@ -7,7 +7,7 @@
 //! decisions are enums, and provider × model pairs are capped at [`MAX_MODEL_SERIES`].
 
 use std::collections::HashMap;
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
@@ -198,25 +198,29 @@ impl Metrics {
 
     /// Counts what one applied usage update charged.
     pub fn charged(&self, provider: &str, model: &str, charge: &Charge) {
-        let series = self.model_series(provider, model);
-        if let Some(t) = charge.tokens.filter(|t| *t > 0) {
-            series.tokens.increment(t as u64);
-        }
-        if let Some(r) = charge.requests.filter(|r| *r > 0) {
-            series.requests.increment(r as u64);
-        }
-        if let Some(c) = charge.cost.filter(|c| *c > 0) {
-            series.cost.increment(c as u64);
-        }
-    }
-
-    fn model_series(&self, provider: &str, model: &str) -> UsageSeries {
+        let count = |series: &UsageSeries| {
+            if let Some(t) = charge.tokens.filter(|t| *t > 0) {
+                series.tokens.increment(t as u64);
+            }
+            if let Some(r) = charge.requests.filter(|r| *r > 0) {
+                series.requests.increment(r as u64);
+            }
+            if let Some(c) = charge.cost.filter(|c| *c > 0) {
+                series.cost.increment(c as u64);
+            }
+        };
         {
+            // The common case: counted under the read lock, without cloning handles.
             let models = self.models.read().unwrap_or_else(PoisonError::into_inner);
             if let Some(s) = models.by_provider.get(provider).and_then(|m| m.get(model)) {
-                return s.clone();
+                count(s);
+                return;
             }
         }
+        count(&self.register_model(provider, model));
+    }
+
+    fn register_model(&self, provider: &str, model: &str) -> UsageSeries {
         let mut models = self.models.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(s) = models.by_provider.get(provider).and_then(|m| m.get(model)) {
             return s.clone();
@@ -269,26 +273,30 @@ impl Metrics {
 
     /// Records one HTTP request.
     fn request(&self, route: &str, method: &Method, status: u16, took: Duration) {
-        let series = self.http_series(route, method, status);
-        series.requests.increment(1);
-        series.duration.record(took.as_secs_f64());
-    }
-
-    fn http_series(&self, route: &str, method: &Method, status: u16) -> HttpSeries {
-        let find = |v: &RouteSeries| {
-            v.iter()
-                .find(|(m, s, _)| m == method && *s == status)
-                .map(|(_, _, series)| series.clone())
+        let record = |series: &HttpSeries| {
+            series.requests.increment(1);
+            series.duration.record(took.as_secs_f64());
         };
         {
             let http = self.http.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(s) = http.get(route).and_then(find) {
-                return s;
+            if let Some((_, _, series)) = http
+                .get(route)
+                .and_then(|v| v.iter().find(|(m, s, _)| m == method && *s == status))
+            {
+                record(series);
+                return;
             }
         }
+        record(&self.register_http(route, method, status));
+    }
+
+    fn register_http(&self, route: &str, method: &Method, status: u16) -> HttpSeries {
         let mut http = self.http.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(s) = http.get(route).and_then(find) {
-            return s;
+        if let Some((_, _, series)) = http
+            .get(route)
+            .and_then(|v| v.iter().find(|(m, s, _)| m == method && *s == status))
+        {
+            return series.clone();
         }
         let labels = || {
             vec![
@@ -350,6 +358,39 @@ impl Metrics {
     }
 }
 
+/// Usage charged by a batch, summed per provider and model before it reaches the metrics.
+#[derive(Debug, Default)]
+pub struct ChargeTally<'a> {
+    sums: HashMap<(&'a str, &'a str), Charge>,
+    updates: usize,
+}
+
+impl<'a> ChargeTally<'a> {
+    pub fn add(&mut self, provider: &'a str, model: &'a str, charge: &Charge) {
+        self.updates += 1;
+        let sum = self.sums.entry((provider, model)).or_default();
+        let plus = |a: Option<i64>, b: Option<i64>| match (a, b) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0).saturating_add(b.unwrap_or(0))),
+        };
+        sum.tokens = plus(sum.tokens, charge.tokens);
+        sum.requests = plus(sum.requests, charge.requests);
+        sum.cost = plus(sum.cost, charge.cost);
+    }
+
+    /// How many updates were added.
+    pub fn updates(&self) -> usize {
+        self.updates
+    }
+
+    pub fn report(self, metrics: &Metrics) {
+        metrics.usage_accepted.increment(self.updates as u64);
+        for ((provider, model), charge) in &self.sums {
+            metrics.charged(provider, model, charge);
+        }
+    }
+}
+
 static META: Metadata<'static> = Metadata::new("heimdall", metrics::Level::INFO, None);
 
 fn key(name: &'static str, labels: &[(&'static str, &'static str)]) -> Key {
@@ -401,8 +442,21 @@ fn generate_request_id() -> HeaderValue {
 #[derive(Debug, Clone)]
 pub struct FailureDetail(pub String);
 
-/// Middleware: request id, one access-log line and the HTTP metrics of every request.
-pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+/// What the [`observe`] middleware needs.
+#[derive(Debug, Clone)]
+pub struct Observe {
+    pub metrics: Arc<Metrics>,
+    /// Longest a request may take (reading its body included); 408 after.
+    pub request_timeout: Duration,
+}
+
+/// Middleware, outermost: the request id, the request timeout, one access-log line and the
+/// HTTP metrics of every request. (One layer for all four: each layer costs per request.)
+pub async fn observe(State(observe): State<Observe>, mut req: Request, next: Next) -> Response {
+    let Observe {
+        metrics,
+        request_timeout,
+    } = observe;
     let started = Instant::now();
     let id = req
         .headers()
@@ -412,15 +466,19 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
         .unwrap_or_else(generate_request_id);
     req.extensions_mut().insert(RequestId(id.clone()));
     let method = req.method().clone();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned());
-    let mut response = next.run(req).await.into_response();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let mut response = match tokio::time::timeout(request_timeout, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => crate::http::error::ApiError::RequestTimeout(format!(
+            "the request took longer than {} ms",
+            request_timeout.as_millis()
+        ))
+        .into_response(),
+    };
     let took = started.elapsed();
     let status = response.status().as_u16();
-    let route = route.as_deref().unwrap_or("unmatched");
-    state.metrics.request(route, &method, status, took);
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    metrics.request(route, &method, status, took);
     let duration_ms = took.as_micros() as f64 / 1000.0;
     let request_id = id.to_str().unwrap_or("");
     match response.extensions_mut().remove::<FailureDetail>() {

@@ -80,6 +80,13 @@ async fn metrics_expose_every_series_and_move_with_traffic() {
     );
     let batch = json!({"updates": [usage(50, 0.0, "b0"), usage(-5, 0.0, "b1")]});
     assert_eq!(app.post("/v1/usage/batch", batch).await.0, 400);
+    let batch = json!({"updates": [
+        usage(50, 0.0, "b2"),
+        usage(100, 0.6, "r0"),
+        {"provider": "anthropic", "model": "claude", "tokens_used": 7},
+    ]});
+    let (status, body) = app.post("/v1/usage/batch", batch).await;
+    assert_eq!((status, body["accepted"].clone()), (202, json!(2)));
     let (status, _) = app.post("/v1/check", json!({"virtual_key": key})).await;
     assert_eq!(status, 402, "1.20 spent of 1.00");
 
@@ -94,9 +101,13 @@ async fn metrics_expose_every_series_and_move_with_traffic() {
         );
     }
     let accepted = "heimdall_usage_updates_total{result=\"accepted\"}";
-    assert_eq!(value(&after, accepted), 2.0);
+    assert_eq!(
+        value(&after, accepted),
+        4.0,
+        "two single updates, two in a batch"
+    );
     let duplicate = "heimdall_usage_updates_total{result=\"duplicate\"}";
-    assert_eq!(value(&after, duplicate), 1.0);
+    assert_eq!(value(&after, duplicate), 2.0, "one single, one in a batch");
     let rejected = "heimdall_usage_updates_total{result=\"rejected\"}";
     assert_eq!(
         value(&after, rejected),
@@ -106,11 +117,18 @@ async fn metrics_expose_every_series_and_move_with_traffic() {
     let model = "{provider=\"openai\",model=\"gpt-4o\"}";
     assert_eq!(
         value(&after, &format!("heimdall_usage_tokens_total{model}")),
-        350.0
+        400.0
     );
     assert_eq!(
         value(&after, &format!("heimdall_usage_requests_total{model}")),
-        2.0
+        3.0
+    );
+    assert_eq!(
+        value(
+            &after,
+            "heimdall_usage_tokens_total{provider=\"anthropic\",model=\"claude\"}"
+        ),
+        7.0
     );
     assert_eq!(
         value(

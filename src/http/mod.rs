@@ -18,10 +18,7 @@ pub mod usage_report;
 pub mod users;
 pub mod virtual_keys;
 
-use std::time::Duration;
-
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::middleware::Next;
+use axum::extract::DefaultBodyLimit;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -88,8 +85,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(state: AppState) -> Router {
     let (api, doc) = api_router(state.config.batch_max_body_bytes).split_for_parts();
     let max_body = state.config.max_body_bytes;
-    // Layers run outside in: observe (request id, access log, metrics) → catch panics →
-    // request timeout → body limit → auth → the handler.
+    // Layers run outside in: observe (request id, request timeout, access log, metrics) →
+    // catch panics → body limit → auth → the handler.
     api.merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
         .fallback(error::not_found_fallback)
         .method_not_allowed_fallback(error::method_not_allowed_fallback)
@@ -98,28 +95,15 @@ pub fn router(state: AppState) -> Router {
             crate::auth::require_token,
         ))
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::from_fn_with_state(
-            state.config.request_timeout,
-            request_timeout,
-        ))
         .layer(CatchPanicLayer::custom(panicked))
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            crate::telemetry::Observe {
+                metrics: std::sync::Arc::clone(&state.metrics),
+                request_timeout: state.config.request_timeout,
+            },
             crate::telemetry::observe,
         ))
         .with_state(state)
-}
-
-/// Answers 408 when a request (reading its body included) takes longer than `limit`.
-async fn request_timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
-    match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(response) => response,
-        Err(_) => error::ApiError::RequestTimeout(format!(
-            "the request took longer than {} ms",
-            limit.as_millis()
-        ))
-        .into_response(),
-    }
 }
 
 /// A handler that panicked answers 500 in the envelope; the process keeps serving.

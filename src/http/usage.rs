@@ -204,11 +204,10 @@ impl UsageUpdate<'_> {
 }
 
 /// Applies one valid update unless it is a repeat; true when applied.
-fn record(state: &AppState, valid: &Valid<'_>, now: Micros) -> bool {
+fn record(state: &AppState, valid: &Valid<'_>, now: Micros) -> Option<Charge> {
     if let Some(key) = valid.dedup {
         if !state.dedup.first_time(key, now) {
-            state.metrics.usage_duplicate.increment(1);
-            return false;
+            return None;
         }
     }
     let snapshot = state.store.guard();
@@ -226,9 +225,7 @@ fn record(state: &AppState, valid: &Valid<'_>, now: Micros) -> bool {
         e.model,
         &charge,
     );
-    state.metrics.usage_accepted.increment(1);
-    state.metrics.charged(e.provider, e.model, &charge);
-    true
+    Some(charge)
 }
 
 /// With `ack = "durable"`, waits until the flush that holds everything applied so far has
@@ -267,7 +264,19 @@ pub async fn record_usage(
     let valid = update
         .validate()
         .map_err(|e| rejected(ApiError::InvalidRequest(e)))?;
-    let applied = record(&state, &valid, now_micros());
+    let applied = match record(&state, &valid, now_micros()) {
+        Some(charge) => {
+            state.metrics.usage_accepted.increment(1);
+            state
+                .metrics
+                .charged(valid.event.provider, valid.event.model, &charge);
+            true
+        }
+        None => {
+            state.metrics.usage_duplicate.increment(1);
+            false
+        }
+    };
     acknowledge(&state).await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -344,7 +353,19 @@ pub async fn record_usage_batch(
     let max = state.config.batch_max_items;
     let counted = with_valid_batch(&body, max, |valid| {
         let now = now_micros();
-        let accepted = valid.iter().filter(|v| record(&state, v, now)).count();
+        // Metrics are summed per provider and model first: a batch usually names a few.
+        let mut charged = crate::telemetry::ChargeTally::default();
+        for v in valid {
+            if let Some(charge) = record(&state, v, now) {
+                charged.add(v.event.provider, v.event.model, &charge);
+            }
+        }
+        let accepted = charged.updates();
+        charged.report(&state.metrics);
+        state
+            .metrics
+            .usage_duplicate
+            .increment((valid.len() - accepted) as u64);
         (accepted, valid.len() - accepted)
     });
     let (accepted, duplicates) = counted.map_err(|(e, rejected)| {
