@@ -31,6 +31,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateCustomer {
+    #[schema(min_length = 1, max_length = 256, pattern = "\\S")]
     pub name: String,
     pub budget: Option<BudgetBody>,
     pub rate_limit: Option<RateLimitBody>,
@@ -39,6 +40,7 @@ pub struct CreateCustomer {
 /// Absent fields stay as they are; `null` (or `{}`) removes a budget or rate limit.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct UpdateCustomer {
+    #[schema(min_length = 1, max_length = 256, pattern = "\\S")]
     pub name: Option<String>,
     #[serde(default)]
     #[schema(value_type = Option<BudgetBody>)]

@@ -18,8 +18,10 @@ use crate::engine::{Budget, Limits, RateLimit};
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct BudgetBody {
     /// Dollars per window, > 0.
+    #[schema(exclusive_minimum = 0)]
     pub max_limit: Option<f64>,
     /// e.g. `30s`, `1h`, `1d`, `1M`, `1h30m`, `monthly`.
+    #[schema(pattern = r"^(daily|weekly|monthly|yearly|([0-9]+(\.[0-9]+)?[smhdwMY])+)$")]
     pub reset_duration: Option<String>,
     /// Calendar periods (d, w, M, Y only) instead of rolling windows.
     pub calendar_aligned: Option<bool>,
@@ -41,16 +43,16 @@ impl BudgetBody {
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct RateLimitBody {
     #[serde(default)]
-    #[schema(value_type = Option<i64>)]
+    #[schema(value_type = Option<i64>, minimum = 1)]
     pub token_max_limit: Patch<i64>,
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = r"^(daily|weekly|monthly|yearly|([0-9]+(\.[0-9]+)?[smhdwMY])+)$")]
     pub token_reset_duration: Patch<String>,
     #[serde(default)]
-    #[schema(value_type = Option<i64>)]
+    #[schema(value_type = Option<i64>, minimum = 1)]
     pub request_max_limit: Patch<i64>,
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = r"^(daily|weekly|monthly|yearly|([0-9]+(\.[0-9]+)?[smhdwMY])+)$")]
     pub request_reset_duration: Patch<String>,
 }
 

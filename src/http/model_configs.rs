@@ -32,6 +32,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateModelConfig {
+    #[schema(min_length = 1, max_length = 256, pattern = "\\S")]
     pub model_name: String,
     /// The provider this config applies to; every provider when absent.
     pub provider: Option<String>,

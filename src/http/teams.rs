@@ -29,6 +29,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateTeam {
+    #[schema(min_length = 1, max_length = 256, pattern = "\\S")]
     pub name: String,
     pub customer_id: Option<String>,
     pub budget: Option<BudgetBody>,
@@ -39,6 +40,7 @@ pub struct CreateTeam {
 /// budget or rate limit.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct UpdateTeam {
+    #[schema(min_length = 1, max_length = 256, pattern = "\\S")]
     pub name: Option<String>,
     #[serde(default)]
     #[schema(value_type = Option<String>)]

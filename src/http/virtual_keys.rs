@@ -42,6 +42,7 @@ const MAX_LIST_ITEMS: usize = 1000;
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateVirtualKey {
     /// Unique among keys.
+    #[schema(min_length = 1, max_length = 256, pattern = "\\S")]
     pub name: String,
     pub description: Option<String>,
     /// The secret value; generated (`sk-hd-…`) when absent. 8–256 printable characters.
@@ -62,6 +63,7 @@ pub struct CreateVirtualKey {
 /// `provider_configs`, when present, replaces the list.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct UpdateVirtualKey {
+    #[schema(min_length = 1, max_length = 256, pattern = "\\S")]
     pub name: Option<String>,
     pub description: Option<String>,
     pub is_active: Option<bool>,
