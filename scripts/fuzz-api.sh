@@ -13,7 +13,8 @@ cd "$(dirname "$0")/.."
 
 examples="${FUZZ_EXAMPLES:-30}"
 seed="${FUZZ_SEED-20261128}"
-venv="target/fuzz-venv"
+repo="$(pwd)"
+venv="$repo/target/fuzz-venv"
 st="${SCHEMATHESIS:-$venv/bin/schemathesis}"
 if [ ! -x "$st" ]; then
     echo "installing schemathesis into $venv"
@@ -44,7 +45,10 @@ done
 seed_args=()
 [ -n "$seed" ] && seed_args=(--seed "$seed")
 status=0
-"$st" run openapi/openapi.json \
+# From the scratch directory, so that schemathesis' own cache (.schemathesis/) stays out of the
+# repository.
+cd "$work"
+"$st" run "$repo/openapi/openapi.json" \
     --url "http://127.0.0.1:$port" \
     --header "Authorization: Bearer $admin" \
     --checks not_a_server_error,response_schema_conformance,content_type_conformance \
@@ -56,6 +60,7 @@ status=0
     --no-color \
     --generation-database none \
     --report-dir "$work/report" || status=$?
+cd "$repo"
 
 if ! kill -0 "$pid" 2>/dev/null; then
     echo "Heimdall exited during the fuzz run:" >&2
