@@ -29,6 +29,29 @@ pub struct Versions {
     config: AtomicI64,
     /// Usage written up to this version has been read back.
     usage: AtomicI64,
+    /// Usage versions this process's own flushes took and no read-back has passed yet.
+    own: std::sync::Mutex<Vec<i64>>,
+}
+
+impl Versions {
+    fn took(&self, version: i64) {
+        self.own
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(version);
+    }
+
+    /// Whether every version in `(seen, current]` is one of this process's own; forgets the
+    /// own versions up to `current`.
+    fn only_own(&self, seen: i64, current: i64) -> bool {
+        let mut own = self
+            .own
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let in_range = own.iter().filter(|v| **v > seen && **v <= current).count() as i64;
+        own.retain(|v| *v > current);
+        in_range == current - seen
+    }
 }
 
 impl Versions {
@@ -199,8 +222,6 @@ impl Flusher {
             ..FlushReport::default()
         };
 
-        // The usage version of this flush's own writes: those rows need no read-back.
-        let mut own_version = 0;
         if !(budgets.is_empty() && rates.is_empty() && rollups.is_empty() && keys.is_empty()) {
             let budget_deltas: Vec<BudgetDelta> = budgets
                 .iter()
@@ -224,7 +245,11 @@ impl Flusher {
                 keys,
             };
             match write(self.db.clone(), batch).await {
-                Ok(version) => own_version = version,
+                Ok(version) => {
+                    if version > 0 {
+                        self.versions.took(version);
+                    }
+                }
                 Err((e, batch)) => {
                     self.rollups.restore(batch.rollups);
                     self.dedup.restore_unsaved(batch.keys);
@@ -252,10 +277,11 @@ impl Flusher {
         let mut conn = self.db.acquire().await?;
         let (config_version, usage_version) = flush::clock(&mut conn).await?;
         let seen_usage = self.versions.usage.load(Ordering::Acquire);
-        // When this flush's own write is the only one since the last read-back, memory already
-        // holds every total: nothing to read. Otherwise read every row newer than what was
-        // seen, ours included (a later write of ours may hide another replica's in between).
-        let only_own = own_version == seen_usage + 1 && usage_version == own_version;
+        // When every usage version since the last read-back was taken by this process's own
+        // flushes (durable group commits included), memory already holds every total: nothing
+        // to read. Otherwise read every row newer than what was seen, ours included (a later
+        // write of ours may hide another replica's in between).
+        let only_own = self.versions.only_own(seen_usage, usage_version);
         if usage_version > seen_usage && !only_own {
             let budget_totals = flush::budgets_since(&mut conn, seen_usage).await?;
             let rate_totals = flush::rate_limits_since(&mut conn, seen_usage).await?;
@@ -420,6 +446,22 @@ mod tests {
         let started = tokio::time::Instant::now();
         assert!(!signal.durable(Duration::from_secs(10)).await);
         assert_eq!(started.elapsed(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn read_back_is_skipped_only_when_every_new_version_is_ours() {
+        let v = Versions::default();
+        for own in [3, 4, 6] {
+            v.took(own);
+        }
+        assert!(!v.only_own(2, 6), "version 5 is another replica's");
+        v.took(7);
+        v.took(8);
+        assert!(v.only_own(6, 8));
+        assert!(v.only_own(8, 8), "nothing new");
+        v.took(10);
+        assert!(!v.only_own(8, 10), "9 is not ours");
+        assert!(v.own.lock().unwrap().is_empty());
     }
 
     #[test]
