@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Load benchmark: Heimdall on SQLite with 10 000 keys in a customer/team hierarchy, measured
+# Load benchmark: Heimdall on SQLite (or PostgreSQL) with 10 000 keys in a customer/team hierarchy, measured
 # with wrk against /healthz (the machine's ceiling), /v1/usage, /v1/check and /v1/usage/batch,
 # then /v1/usage again after a restart with ack = "durable", all in one run, with the ratios the
 # targets are stated in.
 #   bench/load.sh                    # defaults below
 #   DURATION=20s CONNECTIONS=64 BATCH_CONNECTIONS=8 KEYS=10000 bench/load.sh
 #   LOG_LEVEL=info bench/load.sh      # with the access log (one line per request, to a file)
+#   BENCH_POSTGRES=postgres://postgres@127.0.0.1:5432 bench/load.sh
+#                                     # on PostgreSQL: a fresh database there, dropped afterwards
 # Batches come from a few senders (gateways flushing their buffers), so /v1/usage/batch is
 # driven by BATCH_CONNECTIONS (default 8) rather than the 64 connections of the per-request
 # endpoints.
@@ -24,12 +26,26 @@ TOKEN=bench-token
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
 cargo build --release --locked --quiet
 work=$(mktemp -d)
-trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+database_url="sqlite://$work/bench.db"
+bench_db=""
+pid=""
+if [ -n "${BENCH_POSTGRES:-}" ]; then
+    bench_db="heimdall_bench_$$"
+    psql "$BENCH_POSTGRES/postgres" -qc "create database $bench_db"
+    database_url="$BENCH_POSTGRES/$bench_db"
+fi
+cleanup() {
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    rm -rf "$work"
+    if [ -n "$bench_db" ]; then psql "$BENCH_POSTGRES/postgres" -qc "drop database $bench_db"; fi
+}
+trap cleanup EXIT
 
 start_server() {
     HEIMDALL__AUTH__ADMIN_TOKENS=$TOKEN HEIMDALL__AUTH__GATEWAY_TOKENS=$TOKEN HEIMDALL__LOG_LEVEL=$LOG_LEVEL \
         HEIMDALL__ACK=$1 ./target/release/heimdall serve --listen "127.0.0.1:$PORT" \
-        --database-url "sqlite://$work/bench.db" 2>>"$work/heimdall.log" &
+        --database-url "$database_url" 2>>"$work/heimdall.log" &
     pid=$!
     for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.2; done
 }

@@ -99,6 +99,11 @@ impl FlushSignal {
             .await
             .is_ok_and(|r| r.is_ok())
     }
+
+    /// Whether durable writers wait for a flush.
+    fn waiting(&self) -> bool {
+        self.seq.load(Ordering::SeqCst) > *self.durable.borrow()
+    }
 }
 
 /// What one tick did.
@@ -110,6 +115,15 @@ pub struct FlushReport {
     pub dedup_keys_written: usize,
     pub counters_read_back: usize,
     pub reloaded: bool,
+}
+
+impl FlushReport {
+    fn add(&mut self, other: &FlushReport) {
+        self.budgets_written += other.budgets_written;
+        self.rate_limits_written += other.rate_limits_written;
+        self.rollups_written += other.rollups_written;
+        self.dedup_keys_written += other.dedup_keys_written;
+    }
 }
 
 /// Everything a flush touches.
@@ -141,139 +155,89 @@ impl Flusher {
 
     async fn measured(&self, full: bool) -> Result<FlushReport, DbError> {
         let started = std::time::Instant::now();
-        let result = self.flush_inner(full).await;
+        let result = if full {
+            self.full_tick().await
+        } else {
+            self.write_changed().await
+        };
         self.db_up.store(result.is_ok(), Ordering::Release);
         match &result {
             Ok(report) => self.metrics.flushed(!full, started.elapsed(), report),
             Err(_) => self.metrics.flush_failures.increment(1),
         }
+        if result.is_ok() {
+            self.db.after_write().await;
+            if full {
+                self.db.checkpoint_in_background();
+            }
+        }
         result
     }
 
-    async fn flush_inner(&self, full: bool) -> Result<FlushReport, DbError> {
+    /// Writes what changed since the last flush: the counters marked dirty, rollups and
+    /// idempotency keys; then tells durable writers what it covered.
+    async fn write_changed(&self) -> Result<FlushReport, DbError> {
         let now = now_micros();
         // Everything applied up to here is in the counters read below.
         let covered = self.signal.seq.load(Ordering::SeqCst);
         let snapshot = self.store.snapshot();
 
-        // The limits to visit: every one on a full tick (windows end without traffic too),
-        // else those marked dirty. Marks are cleared before the counters are read, so an
-        // increment made meanwhile marks its counter again.
-        let mut dirty_budgets: Vec<Arc<Budget>> = Vec::new();
-        let mut dirty_rates: Vec<Arc<RateLimit>> = Vec::new();
+        // Marks are cleared before the counters are read, so an increment made meanwhile
+        // marks its counter again.
+        let mut budgets: Vec<Arc<Budget>> = Vec::new();
+        let mut rates: Vec<Arc<RateLimit>> = Vec::new();
         for d in snapshot.dirty.drain() {
             match d {
                 Dirty::Budget(b) => {
                     b.counter.clear_dirty();
-                    dirty_budgets.push(b);
+                    budgets.push(b);
                 }
                 Dirty::RateLimit(r) => {
                     r.tokens.clear_dirty();
-                    dirty_rates.push(r);
+                    rates.push(r);
                 }
             }
         }
-        let (visit_budgets, visit_rates): (Vec<&Arc<Budget>>, Vec<&Arc<RateLimit>>) = if full {
-            (
-                snapshot.budgets().collect(),
-                snapshot.rate_limits().collect(),
-            )
-        } else {
-            dirty_budgets.sort_by_key(|b| b.id);
-            dirty_budgets.dedup_by_key(|b| b.id);
-            dirty_rates.sort_by_key(|r| r.id);
-            dirty_rates.dedup_by_key(|r| r.id);
-            (dirty_budgets.iter().collect(), dirty_rates.iter().collect())
-        };
-
-        let mut budgets: Vec<(Arc<Budget>, FlushItem)> = Vec::new();
-        for b in visit_budgets {
-            b.counter.roll(&b.rule, now);
-            if let Some(item) = b.counter.flush_item() {
-                budgets.push((Arc::clone(b), item));
-            }
-        }
-        // Each rate limit with the items of its token and request counters.
-        let mut rates: Vec<(Arc<RateLimit>, FlushItem, FlushItem)> = Vec::new();
-        for r in visit_rates {
-            r.tokens.roll(r.token_rule(), now);
-            r.requests.roll(r.request_rule(), now);
-            let (t, q) = (r.tokens.flush_item(), r.requests.flush_item());
-            if t.is_some() || q.is_some() {
-                let idle = |c: &crate::engine::counter::Counter| FlushItem {
-                    start: c.raw().1,
-                    delta: 0,
-                    reset: false,
-                };
-                rates.push((
-                    Arc::clone(r),
-                    t.unwrap_or_else(|| idle(&r.tokens)),
-                    q.unwrap_or_else(|| idle(&r.requests)),
-                ));
-            }
-        }
-        let rollups = self.rollups.drain();
-        let keys = self.dedup.take_unsaved();
-        let mut report = FlushReport {
-            budgets_written: budgets.len(),
-            rate_limits_written: rates.len(),
-            rollups_written: rollups.len(),
-            dedup_keys_written: keys.len(),
-            ..FlushReport::default()
-        };
-
-        if !(budgets.is_empty() && rates.is_empty() && rollups.is_empty() && keys.is_empty()) {
-            let budget_deltas: Vec<BudgetDelta> = budgets
-                .iter()
-                .map(|(b, item)| BudgetDelta {
-                    id: b.id,
-                    item: *item,
-                })
-                .collect();
-            let rate_deltas: Vec<RateLimitDelta> = rates
-                .iter()
-                .map(|(r, t, q)| RateLimitDelta {
-                    id: r.id,
-                    tokens: *t,
-                    requests: *q,
-                })
-                .collect();
-            let batch = Batch {
-                budgets: budget_deltas,
-                rates: rate_deltas,
-                rollups,
-                keys,
-            };
-            match write(self.db.clone(), batch).await {
-                Ok(version) => {
-                    if version > 0 {
-                        self.versions.took(version);
-                    }
-                }
-                Err((e, batch)) => {
-                    self.rollups.restore(batch.rollups);
-                    self.dedup.restore_unsaved(batch.keys);
-                    return Err(e);
-                }
-            }
-            for (b, item) in &budgets {
-                b.counter.flushed(*item);
-            }
-            for (r, t, q) in &rates {
-                r.tokens.flushed(*t);
-                r.requests.flushed(*q);
-            }
-        }
+        budgets.sort_by_key(|b| b.id);
+        budgets.dedup_by_key(|b| b.id);
+        rates.sort_by_key(|r| r.id);
+        rates.dedup_by_key(|r| r.id);
+        let mut items = Items::collect(budgets.iter(), rates.iter(), now);
+        items.rollups = self.rollups.drain();
+        items.keys = self.dedup.take_unsaved();
+        let report = self.write_items(items).await?;
         self.signal.durable.send_if_modified(|done| {
             let advanced = covered > *done;
             *done = (*done).max(covered);
             advanced
         });
+        Ok(report)
+    }
 
-        if !full {
-            // Durable writers wait only for the write; reading back is for the full ticks.
-            return Ok(report);
+    /// One full tick: what changed; then every counter, in slices, for windows that ended
+    /// without traffic and deltas a failed flush left behind; then the read-back of other
+    /// replicas' usage and a reload when the configuration changed elsewhere.
+    async fn full_tick(&self) -> Result<FlushReport, DbError> {
+        let mut report = self.write_changed().await?;
+        let snapshot = self.store.snapshot();
+        let budgets: Vec<&Arc<Budget>> = snapshot.budgets().collect();
+        let rates: Vec<&Arc<RateLimit>> = snapshot.rate_limits().collect();
+        let slices = budgets
+            .chunks(SWEEP_SLICE)
+            .map(|b| (b, &[][..]))
+            .chain(rates.chunks(SWEEP_SLICE).map(|r| (&[][..], r)));
+        for (budgets, rates) in slices {
+            // Durable writers do not wait for the whole sweep: their commits go between slices.
+            if self.signal.waiting() {
+                let started = std::time::Instant::now();
+                let changed = self.write_changed().await?;
+                self.metrics.flushed(true, started.elapsed(), &changed);
+            }
+            let items =
+                Items::collect(budgets.iter().copied(), rates.iter().copied(), now_micros());
+            report.add(&self.write_items(items).await?);
         }
+
         let mut conn = self.db.acquire().await?;
         let (config_version, usage_version) = flush::clock(&mut conn).await?;
         let seen_usage = self.versions.usage.load(Ordering::Acquire);
@@ -320,12 +284,128 @@ impl Flusher {
         Ok(report)
     }
 
+    /// Writes `items` in one transaction and, once it committed, takes their deltas off the
+    /// counters' pending usage. On failure rollups and keys go back to be written next time
+    /// (counter deltas simply stay pending).
+    async fn write_items(&self, items: Items) -> Result<FlushReport, DbError> {
+        let report = FlushReport {
+            budgets_written: items.budgets.len(),
+            rate_limits_written: items.rates.len(),
+            rollups_written: items.rollups.len(),
+            dedup_keys_written: items.keys.len(),
+            ..FlushReport::default()
+        };
+        if items.is_empty() {
+            return Ok(report);
+        }
+        let batch = Batch {
+            budgets: items
+                .budgets
+                .iter()
+                .map(|(b, item)| BudgetDelta {
+                    id: b.id,
+                    item: *item,
+                })
+                .collect(),
+            rates: items
+                .rates
+                .iter()
+                .map(|(r, t, q)| RateLimitDelta {
+                    id: r.id,
+                    tokens: *t,
+                    requests: *q,
+                })
+                .collect(),
+            rollups: items.rollups,
+            keys: items.keys,
+        };
+        match write(self.db.clone(), batch).await {
+            Ok(version) => {
+                if version > 0 {
+                    self.versions.took(version);
+                }
+            }
+            Err((e, batch)) => {
+                self.rollups.restore(batch.rollups);
+                self.dedup.restore_unsaved(batch.keys);
+                return Err(e);
+            }
+        }
+        for (b, item) in &items.budgets {
+            b.counter.flushed(*item);
+        }
+        for (r, t, q) in &items.rates {
+            r.tokens.flushed(*t);
+            r.requests.flushed(*q);
+        }
+        Ok(report)
+    }
+
     /// Drops expired idempotency keys from memory and the database.
     pub async fn purge_dedup(&self) -> Result<u64, DbError> {
         let now = now_micros();
         self.dedup.purge(now);
-        let mut conn = self.db.acquire().await?;
-        flush::purge_dedup_keys(&mut conn, now).await
+        let mut tx = self.db.begin().await?;
+        let purged = flush::purge_dedup_keys(&mut tx, now).await?;
+        tx.commit().await?;
+        Ok(purged)
+    }
+}
+
+/// Limits visited per slice of a full tick's sweep: small enough that a slice (rolling and
+/// writing the windows that ended in it) keeps durable writers waiting a few milliseconds.
+const SWEEP_SLICE: usize = 1024;
+
+/// What one write holds: counters with their items, rollups and idempotency keys.
+#[derive(Default)]
+struct Items {
+    budgets: Vec<(Arc<Budget>, FlushItem)>,
+    /// Each rate limit with the items of its token and request counters.
+    rates: Vec<(Arc<RateLimit>, FlushItem, FlushItem)>,
+    rollups: Vec<(RollupKey, RollupSums)>,
+    keys: Vec<(DedupKey, Micros)>,
+}
+
+impl Items {
+    /// Rolls the windows of the given limits that ended by `now` and takes the items of those
+    /// with something to write.
+    fn collect<'a>(
+        budgets: impl Iterator<Item = &'a Arc<Budget>>,
+        rates: impl Iterator<Item = &'a Arc<RateLimit>>,
+        now: Micros,
+    ) -> Items {
+        let mut items = Items::default();
+        for b in budgets {
+            b.counter.roll(&b.rule, now);
+            if let Some(item) = b.counter.flush_item() {
+                items.budgets.push((Arc::clone(b), item));
+            }
+        }
+        for r in rates {
+            r.tokens.roll(r.token_rule(), now);
+            r.requests.roll(r.request_rule(), now);
+            let (t, q) = (r.tokens.flush_item(), r.requests.flush_item());
+            if t.is_some() || q.is_some() {
+                let idle = |c: &crate::engine::counter::Counter| FlushItem {
+                    start: c.raw().1,
+                    delta: 0,
+                    reset: false,
+                };
+                items.rates.push((
+                    Arc::clone(r),
+                    t.unwrap_or_else(|| idle(&r.tokens)),
+                    q.unwrap_or_else(|| idle(&r.requests)),
+                ));
+            }
+        }
+        items
+    }
+
+    fn is_empty(&self) -> bool {
+        self.budgets.is_empty()
+            && self.rates.is_empty()
+            && self.rollups.is_empty()
+            && self.keys.is_empty()
     }
 }
 
@@ -351,11 +431,17 @@ async fn write_batch(db: &Db, batch: &Batch) -> Result<i64, DbError> {
     let mut version = 0;
     if !(batch.budgets.is_empty() && batch.rates.is_empty()) {
         version = flush::next_usage_version(&mut tx).await?;
-        flush::write_budget_deltas(&mut tx, backend, version, &batch.budgets).await?;
-        flush::write_rate_limit_deltas(&mut tx, backend, version, &batch.rates).await?;
     }
-    flush::add_rollups(&mut tx, &batch.rollups).await?;
-    flush::insert_dedup_keys(&mut tx, &batch.keys).await?;
+    flush::write_flush(
+        &mut tx,
+        backend,
+        version,
+        &batch.budgets,
+        &batch.rates,
+        &batch.rollups,
+        &batch.keys,
+    )
+    .await?;
     tx.commit().await?;
     Ok(version)
 }

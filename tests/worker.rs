@@ -13,6 +13,7 @@ on_both_backends!(
     an_idle_tick_writes_nothing,
     rollups_add_up_to_the_counters,
     windows_that_ended_while_down_are_reset_at_start,
+    a_full_tick_sweeps_every_slice_of_counters,
 );
 
 const LIMITS: &str = r#"{"budget": {"max_limit": 1000.0, "reset_duration": "1d"},
@@ -278,4 +279,66 @@ async fn windows_that_ended_while_down_are_reset_at_start(db: &TestDb) {
         0,
         "every level was reset at start"
     );
+}
+
+/// More limits than one slice of the full tick's sweep (1 024), all with 1-second windows:
+/// after the windows end, one tick writes every reset, and usage charged to some of them
+/// lands in their new windows.
+async fn a_full_tick_sweeps_every_slice_of_counters(db: &TestDb) {
+    const USERS: usize = 2_500;
+    let now = heimdall::domain::time::now_micros();
+    let budgets: Vec<String> = (0..USERS)
+        .map(|i| {
+            format!(
+                "('00000000-0000-4000-8000-{i:012}', 1000000000000, '1s', 0, 'UTC', 0, {now}, \
+                 {now}, {now})"
+            )
+        })
+        .collect();
+    let users: Vec<String> = (0..USERS)
+        .map(|i| format!("('user-{i}', '00000000-0000-4000-8000-{i:012}', {now}, {now})"))
+        .collect();
+    // No tick of the worker's own: the test's flush is the one that finds the ended windows.
+    let mut config = config_for(db);
+    config.flush_interval = std::time::Duration::from_secs(3600);
+    let app = TestApp::start(config).await;
+    let config = app.stop().await;
+    db.execute(&format!(
+        "insert into budgets (id, max_limit, reset_duration, calendar_aligned, timezone, \
+         current_usage, last_reset, created_at, updated_at) values {}; \
+         insert into users (user_id, budget_id, created_at, updated_at) values {};",
+        budgets.join(", "),
+        users.join(", ")
+    ))
+    .await;
+    let app = TestApp::start(config).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (value, _) = hierarchy(&app).await;
+    for i in (0..USERS).step_by(100) {
+        usage(
+            &app,
+            json!({"virtual_key": value, "user_id": format!("user-{i}"), "tokens_used": 1, "cost": 0.25}),
+        )
+        .await;
+    }
+    let report = app.flush().await;
+    assert!(
+        report.budgets_written >= USERS,
+        "every ended window is written: {report:?}"
+    );
+    assert_eq!(
+        db.scalar(&format!(
+            "select count(*) from budgets b join users u on u.budget_id = b.id \
+             where b.last_reset > {now}"
+        ))
+        .await,
+        USERS as i64
+    );
+    assert_eq!(
+        db.scalar("select sum(b.current_usage) from budgets b join users u on u.budget_id = b.id")
+            .await,
+        25 * 250_000_000,
+        "25 updates of $0.25 each, in nano-dollars"
+    );
+    app.stop().await;
 }

@@ -152,12 +152,12 @@ fn values_table(columns: &[&str], rows: &mut dyn Iterator<Item = String>) -> Str
 /// Window resets and deltas of budgets. A row whose window is older than ours is reset to
 /// ours and gets the delta; one in our window adds it; one in a newer window (another replica
 /// moved on) keeps its value: our delta belongs to an ended window and is dropped.
-pub async fn write_budget_deltas(
-    c: &mut Conn,
+fn budget_deltas_sql(
     backend: Backend,
     version: i64,
     deltas: &[BudgetDelta],
-) -> Result<(), DbError> {
+    out: &mut Vec<String>,
+) {
     for chunk in deltas.chunks(chunk_size(backend)) {
         let table = rows_table(
             backend,
@@ -178,18 +178,17 @@ pub async fn write_budget_deltas(
              usage_version = {version} \
              from {table} where budgets.id = v.id"
         );
-        sqlx::query(&sql).persistent(false).execute(&mut *c).await?;
+        out.push(sql);
     }
-    Ok(())
 }
 
 /// The same for both dimensions of rate limits.
-pub async fn write_rate_limit_deltas(
-    c: &mut Conn,
+fn rate_limit_deltas_sql(
     backend: Backend,
     version: i64,
     deltas: &[RateLimitDelta],
-) -> Result<(), DbError> {
+    out: &mut Vec<String>,
+) {
     for chunk in deltas.chunks(chunk_size(backend)) {
         let table = rows_table(
             backend,
@@ -223,9 +222,8 @@ pub async fn write_rate_limit_deltas(
             dimension("token", "ts", "td"),
             dimension("request", "rs", "rd"),
         );
-        sqlx::query(&sql).persistent(false).execute(&mut *c).await?;
+        out.push(sql);
     }
-    Ok(())
 }
 
 /// Budgets whose usage changed after version `since`.
@@ -275,7 +273,7 @@ fn join_key(hi: i64, lo: i64) -> DedupKey {
 }
 
 /// Persists idempotency keys (a key already there, from another replica, stays).
-pub async fn insert_dedup_keys(c: &mut Conn, keys: &[(DedupKey, Micros)]) -> Result<(), DbError> {
+fn dedup_keys_sql(keys: &[(DedupKey, Micros)], out: &mut Vec<String>) {
     for chunk in keys.chunks(CHUNK) {
         let mut sql = String::from("insert into dedup_keys (key_hi, key_lo, expires_at) values ");
         for (i, (key, expires)) in chunk.iter().enumerate() {
@@ -286,9 +284,8 @@ pub async fn insert_dedup_keys(c: &mut Conn, keys: &[(DedupKey, Micros)]) -> Res
             let _ = write!(sql, "({hi}, {lo}, {expires})");
         }
         sql.push_str(" on conflict do nothing");
-        sqlx::query(&sql).persistent(false).execute(&mut *c).await?;
+        out.push(sql);
     }
-    Ok(())
 }
 
 /// Idempotency keys still valid at `now`.
@@ -328,7 +325,7 @@ fn text_literal(s: &str) -> String {
 
 /// Adds hourly rollups. Values are inlined as literals: thousands of bind parameters in one
 /// statement cost SQLite quadratic time to resolve.
-pub async fn add_rollups(c: &mut Conn, rows: &[(RollupKey, RollupSums)]) -> Result<(), DbError> {
+fn rollups_sql(rows: &[(RollupKey, RollupSums)], out: &mut Vec<String>) {
     for chunk in rows.chunks(CHUNK) {
         let mut sql = String::from(
             "insert into usage_rollups (bucket_start, virtual_key_id, team_id, customer_id, \
@@ -359,7 +356,31 @@ pub async fn add_rollups(c: &mut Conn, rows: &[(RollupKey, RollupSums)]) -> Resu
              tokens = usage_rollups.tokens + excluded.tokens, \
              cost = usage_rollups.cost + excluded.cost",
         );
-        sqlx::query(&sql).persistent(false).execute(&mut *c).await?;
+        out.push(sql);
+    }
+}
+
+/// One flush's writes inside the caller's transaction: window resets and usage deltas
+/// (tagged with `version`), hourly rollups and idempotency keys, sent as one multi-statement
+/// string (one round trip however many tables it touches).
+pub async fn write_flush(
+    c: &mut Conn,
+    backend: Backend,
+    version: i64,
+    budgets: &[BudgetDelta],
+    rates: &[RateLimitDelta],
+    rollups: &[(RollupKey, RollupSums)],
+    keys: &[(DedupKey, Micros)],
+) -> Result<(), DbError> {
+    let mut statements = Vec::new();
+    budget_deltas_sql(backend, version, budgets, &mut statements);
+    rate_limit_deltas_sql(backend, version, rates, &mut statements);
+    rollups_sql(rollups, &mut statements);
+    dedup_keys_sql(keys, &mut statements);
+    if !statements.is_empty() {
+        let sql = statements.join(";\n");
+        // A query without arguments runs every statement of its string on both backends.
+        sqlx::Executor::execute(&mut *c, sql.as_str()).await?;
     }
     Ok(())
 }

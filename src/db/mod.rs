@@ -9,6 +9,8 @@ mod rows;
 mod writes;
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -69,9 +71,37 @@ impl From<sqlx::Error> for DbError {
 /// A connection pool to the configured database.
 #[derive(Debug, Clone)]
 pub struct Db {
+    /// Reads, and on PostgreSQL writes too.
     pool: AnyPool,
+    /// SQLite's one writing connection.
+    writer: Option<AnyPool>,
     backend: Backend,
+    checkpoint: Arc<Checkpoint>,
 }
+
+/// SQLite's WAL checkpoints, taken off the write path: a commit that runs an automatic
+/// checkpoint copies megabytes of pages back into the database file while durable writers
+/// wait. Instead a reading connection copies the WAL in the background (a passive checkpoint
+/// runs beside the writer), and the writer then copies only the few frames committed
+/// meanwhile, after which its next commit starts the WAL over from the beginning.
+#[derive(Debug, Default)]
+struct Checkpoint {
+    running: AtomicBool,
+    /// A background checkpoint finished: the writer catches up after its next write.
+    catch_up: AtomicBool,
+}
+
+/// Set on every SQLite connection. WAL lets readers run beside the writer; foreign keys are
+/// off by default. Flushes rewrite rows scattered over the counter tables: 1 KiB pages (set
+/// before a new file's first table; an existing file keeps its size) write less per changed
+/// row; checkpoints are not automatic (see [`Checkpoint`]), and a WAL file left larger than
+/// 64 MiB by a burst is truncated to that when it starts over. `synchronous = normal`: a
+/// commit survives the process crashing; the last commits before a power loss or an OS crash
+/// may be lost (the database stays consistent).
+const SQLITE_PRAGMAS: &str = "pragma page_size = 1024; pragma journal_mode = wal; \
+     pragma synchronous = normal; pragma wal_autocheckpoint = 0; \
+     pragma journal_size_limit = 67108864; \
+     pragma busy_timeout = 5000; pragma foreign_keys = on;";
 
 pub type Tx = Transaction<'static, sqlx::Any>;
 
@@ -90,34 +120,41 @@ impl Db {
         let options = AnyConnectOptions::from_str(&url)
             .map_err(|e| DbError::BadUrl(format!("invalid database URL: {e}")))?
             .disable_statement_logging();
-        let pool = AnyPoolOptions::new()
-            .max_connections(match backend {
-                Backend::Postgres => 16,
-                Backend::Sqlite => 2,
-            })
-            // Short, so that an unreachable database fails a flush (and /readyz) quickly.
-            .acquire_timeout(Duration::from_secs(3))
-            .after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        // WAL lets readers run beside the writer; foreign keys are off by default.
-                        // Flushes rewrite rows scattered over the counter tables: 1 KiB pages
-                        // (set before a new file's first table; an existing file keeps its size)
-                        // write less per changed row, and checkpoints every 16 MiB of WAL
-                        // instead of 4 copy each page once for many commits.
-                        conn.execute(
-                            "pragma page_size = 1024; pragma journal_mode = wal; \
-                             pragma synchronous = normal; pragma wal_autocheckpoint = 16384; \
-                             pragma busy_timeout = 5000; pragma foreign_keys = on;",
-                        )
-                        .await?;
-                    }
-                    Ok(())
+        let pool_of = |size: u32, cache_kib: u32| {
+            AnyPoolOptions::new()
+                .max_connections(size)
+                // Short, so that an unreachable database fails a flush (and /readyz) quickly.
+                .acquire_timeout(Duration::from_secs(3))
+                .after_connect(move |conn, _meta| {
+                    Box::pin(async move {
+                        if backend == Backend::Sqlite {
+                            conn.execute(SQLITE_PRAGMAS).await?;
+                            conn.execute(format!("pragma cache_size = -{cache_kib}").as_str())
+                                .await?;
+                        }
+                        Ok(())
+                    })
                 })
-            })
-            .connect_with(options)
-            .await?;
-        Ok(Db { pool, backend })
+                .connect_with(options.clone())
+        };
+        let (pool, writer) = match backend {
+            Backend::Postgres => (pool_of(16, 0).await?, None),
+            // SQLite takes one writer at a time anyway. Keeping every write on one connection
+            // keeps that connection's page cache valid from one transaction to the next (a
+            // connection that sees another's commit drops its whole cache); reads get their own.
+            // The writer's cache holds up to 16 MiB (the default is 2), so that the counter
+            // tables of a large deployment stay in memory instead of being re-read each flush.
+            Backend::Sqlite => {
+                let writer = pool_of(1, 16 * 1024).await?;
+                (pool_of(2, 1024).await?, Some(writer))
+            }
+        };
+        Ok(Db {
+            pool,
+            writer,
+            backend,
+            checkpoint: Arc::default(),
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -126,12 +163,13 @@ impl Db {
 
     /// Applies the embedded migrations of this backend that have not run yet.
     pub async fn migrate(&self) -> Result<(), DbError> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.writer.as_ref().unwrap_or(&self.pool).acquire().await?;
         migrate::run(&mut conn, self.backend).await
     }
 
+    /// A write transaction.
     pub async fn begin(&self) -> Result<Tx, DbError> {
-        Ok(self.pool.begin().await?)
+        Ok(self.writer.as_ref().unwrap_or(&self.pool).begin().await?)
     }
 
     /// Reads the whole governance state; limits `reuse` holds keep their counters.
@@ -154,10 +192,135 @@ impl Db {
         Ok(conn.ping().await?)
     }
 
+    /// SQLite: starts a background checkpoint unless one runs already. The worker calls this
+    /// once per full tick.
+    pub fn checkpoint_in_background(&self) {
+        if self.writer.is_none() || self.checkpoint.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let db = self.clone();
+        tokio::spawn(async move {
+            match wal_checkpoint(&db.pool).await {
+                Ok(()) => db.checkpoint.catch_up.store(true, Ordering::Release),
+                Err(e) => tracing::warn!(error = %e, "background WAL checkpoint failed"),
+            }
+            db.checkpoint.running.store(false, Ordering::Release);
+        });
+    }
+
+    /// SQLite: after a background checkpoint, copies what was committed while it ran, so
+    /// that the WAL can start over. Cheap: the background checkpoint did almost all of it.
+    pub async fn after_write(&self) {
+        let Some(writer) = &self.writer else { return };
+        if self.checkpoint.catch_up.swap(false, Ordering::AcqRel) {
+            if let Err(e) = wal_checkpoint(writer).await {
+                tracing::warn!(error = %e, "WAL checkpoint failed");
+            }
+        }
+    }
+
     pub async fn close(&self) {
+        if let Some(writer) = &self.writer {
+            writer.close().await;
+        }
         self.pool.close().await;
     }
 }
 
+/// A passive checkpoint: copies what it can without waiting for or blocking anyone.
+async fn wal_checkpoint(pool: &AnyPool) -> Result<(), DbError> {
+    let mut conn = pool.acquire().await?;
+    sqlx::query("pragma wal_checkpoint(passive)")
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// Keeps a single `AnyConnection` type in the signatures of the query functions.
 pub type Conn = AnyConnection;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Frames in the WAL now (a passive checkpoint reports them).
+    async fn wal_frames(pool: &AnyPool) -> i64 {
+        use sqlx::Row;
+        let mut conn = pool.acquire().await.unwrap();
+        let row = sqlx::query("pragma wal_checkpoint(passive)")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        row.try_get::<i64, _>(1).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_wal_starts_over_after_a_background_checkpoint() {
+        let path = std::env::temp_dir().join(format!("heimdall-wal-{}.db", uuid::Uuid::new_v4()));
+        let db = Db::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        let writer = db.writer.clone().unwrap();
+        let write = |i: usize| {
+            let db = db.clone();
+            async move {
+                let mut tx = db.begin().await.unwrap();
+                sqlx::query(&format!(
+                    "insert into t (i, pad) values ({i}, '{}')",
+                    "x".repeat(2000)
+                ))
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+                tx.commit().await.unwrap();
+            }
+        };
+        let mut tx = db.begin().await.unwrap();
+        sqlx::query("create table t (i bigint, pad text)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        for i in 0..100 {
+            write(i).await;
+        }
+        // A reader still on the snapshot of then keeps the background checkpoint from
+        // copying the frames committed after it, as commits made while a checkpoint runs are.
+        let mut reader = AnyConnection::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        let mut snapshot = reader.begin().await.unwrap();
+        sqlx::query("select count(*) from t")
+            .fetch_one(&mut *snapshot)
+            .await
+            .unwrap();
+        for i in 100..200 {
+            write(i).await;
+        }
+        // No commit checkpoints by itself: the WAL holds every frame so far.
+        let before = wal_frames(&writer).await;
+        assert!(before > 400, "{before} frames");
+
+        db.checkpoint_in_background();
+        for _ in 0..500 {
+            if db.checkpoint.catch_up.load(Ordering::Acquire) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(db.checkpoint.catch_up.load(Ordering::Acquire));
+        drop(snapshot);
+        reader.close().await.unwrap();
+        // Frames were left behind: without the writer's catch-up, commits would keep growing
+        // the WAL. The catch-up copies the rest; the next commit starts the WAL over.
+        write(200).await;
+        db.after_write().await;
+        write(201).await;
+        let after = wal_frames(&writer).await;
+        assert!(after < 10, "the WAL started over: {after} frames");
+        db.close().await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+}
