@@ -56,7 +56,11 @@ impl App {
                  this loopback address"
             );
         }
-        let db = Db::connect(&config.database_url).await?;
+        let db = Db::connect_with_cache(
+            &config.database_url,
+            crate::db::writer_cache_mib(config.ack),
+        )
+        .await?;
         db.migrate().await?;
         let mut conn = db.acquire().await?;
         let (config_version, usage_version) = flush::clock(&mut conn).await?;
@@ -85,6 +89,7 @@ impl App {
             store: Arc::new(Store::new(snapshot)),
             db,
             admin_writes: Arc::new(tokio::sync::Mutex::new(())),
+            flushing: Arc::new(tokio::sync::Mutex::new(())),
             dedup: Arc::new(dedup),
             rollups: Arc::new(Rollups::default()),
             versions: Arc::new(versions),

@@ -35,6 +35,9 @@ pub struct SharedState {
     /// Serialises admin writes (and reloads), so that the database and the store see changes
     /// in one order. A tokio mutex: it is held across the database transaction's awaits.
     pub admin_writes: Arc<tokio::sync::Mutex<()>>,
+    /// Held for the whole of a flush: a counter's item must be written before another flush
+    /// takes it (the worker is the only flusher in service; tests and tools flush too).
+    pub flushing: Arc<tokio::sync::Mutex<()>>,
     /// Idempotency keys of recent usage updates.
     pub dedup: Arc<Dedup>,
     /// Hourly usage not yet flushed.
@@ -66,6 +69,7 @@ impl SharedState {
             signal: Arc::clone(&self.signal),
             db_up: Arc::clone(&self.db_up),
             admin_writes: Arc::clone(&self.admin_writes),
+            flushing: Arc::clone(&self.flushing),
             metrics: Arc::clone(&self.metrics),
         }
     }

@@ -139,6 +139,8 @@ pub struct Flusher {
     pub db_up: Arc<AtomicBool>,
     /// Held while reloading, so that no admin write interleaves with a reload.
     pub admin_writes: Arc<tokio::sync::Mutex<()>>,
+    /// Held for the whole of a flush: two at once would both write a counter's delta.
+    pub flushing: Arc<tokio::sync::Mutex<()>>,
     pub metrics: Arc<crate::telemetry::Metrics>,
 }
 
@@ -154,6 +156,7 @@ impl Flusher {
     }
 
     async fn measured(&self, full: bool) -> Result<FlushReport, DbError> {
+        let _one_at_a_time = self.flushing.lock().await;
         let started = std::time::Instant::now();
         let result = if full {
             self.full_tick().await
@@ -167,9 +170,6 @@ impl Flusher {
         }
         if result.is_ok() {
             self.db.after_write().await;
-            if full {
-                self.db.checkpoint_in_background();
-            }
         }
         result
     }
@@ -226,17 +226,25 @@ impl Flusher {
             .chunks(SWEEP_SLICE)
             .map(|b| (b, &[][..]))
             .chain(rates.chunks(SWEEP_SLICE).map(|r| (&[][..], r)));
+        // What the sweep found goes out in one write at the end (a month's calendar windows
+        // all end at once), or sooner when durable writers wait: their commits go between
+        // slices, after what the sweep holds so far (a counter's item must be written before
+        // it is taken again).
+        let mut found = Items::default();
         for (budgets, rates) in slices {
-            // Durable writers do not wait for the whole sweep: their commits go between slices.
             if self.signal.waiting() {
+                report.add(&self.write_items(std::mem::take(&mut found)).await?);
                 let started = std::time::Instant::now();
                 let changed = self.write_changed().await?;
                 self.metrics.flushed(true, started.elapsed(), &changed);
             }
-            let items =
-                Items::collect(budgets.iter().copied(), rates.iter().copied(), now_micros());
-            report.add(&self.write_items(items).await?);
+            found.append(Items::collect(
+                budgets.iter().copied(),
+                rates.iter().copied(),
+                now_micros(),
+            ));
         }
+        report.add(&self.write_items(found).await?);
 
         let mut conn = self.db.acquire().await?;
         let (config_version, usage_version) = flush::clock(&mut conn).await?;
@@ -352,8 +360,8 @@ impl Flusher {
     }
 }
 
-/// Limits visited per slice of a full tick's sweep: small enough that a slice (rolling and
-/// writing the windows that ended in it) keeps durable writers waiting a few milliseconds.
+/// Limits visited per slice of a full tick's sweep: small enough that durable writers waiting
+/// meanwhile are served within a few milliseconds.
 const SWEEP_SLICE: usize = 1024;
 
 /// What one write holds: counters with their items, rollups and idempotency keys.
@@ -399,6 +407,13 @@ impl Items {
             }
         }
         items
+    }
+
+    fn append(&mut self, mut other: Items) {
+        self.budgets.append(&mut other.budgets);
+        self.rates.append(&mut other.rates);
+        self.rollups.append(&mut other.rollups);
+        self.keys.append(&mut other.keys);
     }
 
     fn is_empty(&self) -> bool {

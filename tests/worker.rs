@@ -14,6 +14,7 @@ on_both_backends!(
     rollups_add_up_to_the_counters,
     windows_that_ended_while_down_are_reset_at_start,
     a_full_tick_sweeps_every_slice_of_counters,
+    durable_commits_between_sweep_slices_keep_every_total_exact,
 );
 
 const LIMITS: &str = r#"{"budget": {"max_limit": 1000.0, "reset_duration": "1d"},
@@ -281,28 +282,19 @@ async fn windows_that_ended_while_down_are_reset_at_start(db: &TestDb) {
     );
 }
 
-/// More limits than one slice of the full tick's sweep (1 024), all with 1-second windows:
-/// after the windows end, one tick writes every reset, and usage charged to some of them
-/// lands in their new windows.
-async fn a_full_tick_sweeps_every_slice_of_counters(db: &TestDb) {
-    const USERS: usize = 2_500;
-    let now = heimdall::domain::time::now_micros();
-    let budgets: Vec<String> = (0..USERS)
+/// `count` users `user-0…`, each with a budget of `duration` whose window started at `now`.
+async fn insert_users(db: &TestDb, count: usize, duration: &str, now: i64) {
+    let budgets: Vec<String> = (0..count)
         .map(|i| {
             format!(
-                "('00000000-0000-4000-8000-{i:012}', 1000000000000, '1s', 0, 'UTC', 0, {now}, \
-                 {now}, {now})"
+                "('00000000-0000-4000-8000-{i:012}', 1000000000000, '{duration}', 0, 'UTC', 0, \
+                 {now}, {now}, {now})"
             )
         })
         .collect();
-    let users: Vec<String> = (0..USERS)
+    let users: Vec<String> = (0..count)
         .map(|i| format!("('user-{i}', '00000000-0000-4000-8000-{i:012}', {now}, {now})"))
         .collect();
-    // No tick of the worker's own: the test's flush is the one that finds the ended windows.
-    let mut config = config_for(db);
-    config.flush_interval = std::time::Duration::from_secs(3600);
-    let app = TestApp::start(config).await;
-    let config = app.stop().await;
     db.execute(&format!(
         "insert into budgets (id, max_limit, reset_duration, calendar_aligned, timezone, \
          current_usage, last_reset, created_at, updated_at) values {}; \
@@ -311,6 +303,20 @@ async fn a_full_tick_sweeps_every_slice_of_counters(db: &TestDb) {
         users.join(", ")
     ))
     .await;
+}
+
+/// More limits than one slice of the full tick's sweep (1 024), all with 1-second windows:
+/// after the windows end, one tick writes every reset, and usage charged to some of them
+/// lands in their new windows.
+async fn a_full_tick_sweeps_every_slice_of_counters(db: &TestDb) {
+    const USERS: usize = 2_500;
+    let now = heimdall::domain::time::now_micros();
+    // No tick of the worker's own: the test's flush is the one that finds the ended windows.
+    let mut config = config_for(db);
+    config.flush_interval = std::time::Duration::from_secs(3600);
+    let app = TestApp::start(config).await;
+    let config = app.stop().await;
+    insert_users(db, USERS, "1s", now).await;
     let app = TestApp::start(config).await;
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let (value, _) = hierarchy(&app).await;
@@ -341,4 +347,72 @@ async fn a_full_tick_sweeps_every_slice_of_counters(db: &TestDb) {
         "25 updates of $0.25 each, in nano-dollars"
     );
     app.stop().await;
+}
+
+/// With `ack = "durable"`, group commits run between the slices of a full tick's sweep. Under
+/// concurrent durable usage and back-to-back full ticks over several slices of limits, every
+/// acknowledged update is in the database exactly once, before any final flush.
+async fn durable_commits_between_sweep_slices_keep_every_total_exact(db: &TestDb) {
+    const USERS: usize = 2_500;
+    const WRITERS: usize = 8;
+    const EACH: usize = 40;
+    let mut config = config_for(db);
+    config.ack = heimdall::config::AckMode::Durable;
+    let app = TestApp::start(config).await;
+    let config = app.stop().await;
+    insert_users(db, USERS, "1d", heimdall::domain::time::now_micros()).await;
+    let app = std::sync::Arc::new(TestApp::start(config).await);
+    let (value, key_id) = hierarchy(&app).await;
+
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let (app, value) = (std::sync::Arc::clone(&app), value.clone());
+        writers.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                let user = format!("user-{}", (w * 311 + i * 97) % USERS);
+                usage(
+                    &app,
+                    json!({"virtual_key": value, "user_id": user, "tokens_used": 1, "cost": 0.5}),
+                )
+                .await;
+            }
+        }));
+    }
+    // Full ticks back to back (besides the worker's own), until the writers are done.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ticks = {
+        let (app, done) = (std::sync::Arc::clone(&app), std::sync::Arc::clone(&done));
+        tokio::spawn(async move {
+            let mut ticks = 0;
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                app.flush().await;
+                ticks += 1;
+            }
+            ticks
+        })
+    };
+    for w in writers {
+        w.await.unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::Release);
+    assert!(ticks.await.unwrap() > 0);
+    let acknowledged = (WRITERS * EACH) as i64 * 500_000_000;
+    assert_eq!(
+        db.scalar("select sum(b.current_usage) from budgets b join users u on u.budget_id = b.id")
+            .await,
+        acknowledged,
+        "every acknowledged update is in the users' budgets, once"
+    );
+    assert_eq!(
+        db.scalar(&format!(
+            "select b.current_usage from budgets b join virtual_keys k on k.budget_id = b.id \
+             where k.id = '{key_id}'"
+        ))
+        .await,
+        acknowledged
+    );
+    std::sync::Arc::into_inner(app)
+        .expect("the tick task let go of the app")
+        .stop()
+        .await;
 }

@@ -89,7 +89,27 @@ struct Checkpoint {
     running: AtomicBool,
     /// A background checkpoint finished: the writer catches up after its next write.
     catch_up: AtomicBool,
+    /// When the last background checkpoint started.
+    started: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// The SQLite writer's page cache (SQLite's default is 2 MiB), by acknowledgement mode. With
+/// `ack = "durable"` every group commit rewrites counter rows all over the counter tables and
+/// durable writers wait for it: a cache holding those tables (~15 MiB for 10 000 keys with
+/// their teams and customers) keeps them from being re-read on every commit. Buffered flushes
+/// run once per interval with nobody waiting: SQLite's default does.
+pub fn writer_cache_mib(ack: crate::config::AckMode) -> u32 {
+    match ack {
+        crate::config::AckMode::Durable => 32,
+        crate::config::AckMode::Buffered => BUFFERED_WRITER_CACHE_MIB,
+    }
+}
+
+const BUFFERED_WRITER_CACHE_MIB: u32 = 2;
+
+/// How often a background checkpoint starts while writes go on (one per flush interval at
+/// most, since only flushes write).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// Set on every SQLite connection. WAL lets readers run beside the writer; foreign keys are
 /// off by default. Flushes rewrite rows scattered over the counter tables: 1 KiB pages (set
@@ -108,6 +128,11 @@ pub type Tx = Transaction<'static, sqlx::Any>;
 impl Db {
     /// Connects (creating a SQLite file when it does not exist yet). Does not migrate.
     pub async fn connect(url: &str) -> Result<Db, DbError> {
+        Db::connect_with_cache(url, BUFFERED_WRITER_CACHE_MIB).await
+    }
+
+    /// Connects with a SQLite writer page cache of `writer_cache_mib` (see [`writer_cache_mib`]).
+    pub async fn connect_with_cache(url: &str, writer_cache_mib: u32) -> Result<Db, DbError> {
         sqlx::any::install_default_drivers();
         let backend = Backend::from_url(url)?;
         let url = match backend {
@@ -142,10 +167,8 @@ impl Db {
             // SQLite takes one writer at a time anyway. Keeping every write on one connection
             // keeps that connection's page cache valid from one transaction to the next (a
             // connection that sees another's commit drops its whole cache); reads get their own.
-            // The writer's cache holds up to 16 MiB (the default is 2), so that the counter
-            // tables of a large deployment stay in memory instead of being re-read each flush.
             Backend::Sqlite => {
-                let writer = pool_of(1, 16 * 1024).await?;
+                let writer = pool_of(1, writer_cache_mib * 1024).await?;
                 (pool_of(2, 1024).await?, Some(writer))
             }
         };
@@ -192,9 +215,8 @@ impl Db {
         Ok(conn.ping().await?)
     }
 
-    /// SQLite: starts a background checkpoint unless one runs already. The worker calls this
-    /// once per full tick.
-    pub fn checkpoint_in_background(&self) {
+    /// SQLite: starts a background checkpoint unless one runs already.
+    fn checkpoint_in_background(&self) {
         if self.writer.is_none() || self.checkpoint.running.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -208,14 +230,30 @@ impl Db {
         });
     }
 
-    /// SQLite: after a background checkpoint, copies what was committed while it ran, so
-    /// that the WAL can start over. Cheap: the background checkpoint did almost all of it.
+    /// SQLite, after each flush: once a background checkpoint finished, copies what was
+    /// committed while it ran, so that the WAL can start over (cheap: the background
+    /// checkpoint did almost all of it); starts the next background checkpoint every second.
     pub async fn after_write(&self) {
         let Some(writer) = &self.writer else { return };
         if self.checkpoint.catch_up.swap(false, Ordering::AcqRel) {
             if let Err(e) = wal_checkpoint(writer).await {
                 tracing::warn!(error = %e, "WAL checkpoint failed");
             }
+        }
+        let due = {
+            let mut started = self
+                .checkpoint
+                .started
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let due = started.is_none_or(|t| t.elapsed() >= CHECKPOINT_EVERY);
+            if due {
+                *started = Some(std::time::Instant::now());
+            }
+            due
+        };
+        if due {
+            self.checkpoint_in_background();
         }
     }
 
