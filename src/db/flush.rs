@@ -361,8 +361,9 @@ fn rollups_sql(rows: &[(RollupKey, RollupSums)], out: &mut Vec<String>) {
 }
 
 /// One flush's writes inside the caller's transaction: window resets and usage deltas
-/// (tagged with `version`), hourly rollups and idempotency keys, sent as one multi-statement
-/// string (one round trip however many tables it touches).
+/// (tagged with `version`), hourly rollups and idempotency keys, statement by statement.
+/// (Sending them as one multi-statement string was measured: RSS ~30 MiB higher after 10 s
+/// of batch load and lower batch throughput, for no gain in durable commits on SQLite.)
 pub async fn write_flush(
     c: &mut Conn,
     backend: Backend,
@@ -377,10 +378,8 @@ pub async fn write_flush(
     rate_limit_deltas_sql(backend, version, rates, &mut statements);
     rollups_sql(rollups, &mut statements);
     dedup_keys_sql(keys, &mut statements);
-    if !statements.is_empty() {
-        let sql = statements.join(";\n");
-        // A query without arguments runs every statement of its string on both backends.
-        sqlx::Executor::execute(&mut *c, sql.as_str()).await?;
+    for sql in &statements {
+        sqlx::query(sql).persistent(false).execute(&mut *c).await?;
     }
     Ok(())
 }
