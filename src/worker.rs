@@ -306,36 +306,32 @@ impl Flusher {
         if items.is_empty() {
             return Ok(report);
         }
-        let batch = Batch {
-            budgets: items
-                .budgets
-                .iter()
-                .map(|(b, item)| BudgetDelta {
-                    id: b.id,
-                    item: *item,
-                })
-                .collect(),
-            rates: items
-                .rates
-                .iter()
-                .map(|(r, t, q)| RateLimitDelta {
-                    id: r.id,
-                    tokens: *t,
-                    requests: *q,
-                })
-                .collect(),
-            rollups: items.rollups,
-            keys: items.keys,
-        };
-        match write(self.db.clone(), batch).await {
+        let budgets: Vec<BudgetDelta> = items
+            .budgets
+            .iter()
+            .map(|(b, item)| BudgetDelta {
+                id: b.id,
+                item: *item,
+            })
+            .collect();
+        let rates: Vec<RateLimitDelta> = items
+            .rates
+            .iter()
+            .map(|(r, t, q)| RateLimitDelta {
+                id: r.id,
+                tokens: *t,
+                requests: *q,
+            })
+            .collect();
+        match write(&self.db, &budgets, &rates, &items.rollups, &items.keys).await {
             Ok(version) => {
                 if version > 0 {
                     self.versions.took(version);
                 }
             }
-            Err((e, batch)) => {
-                self.rollups.restore(batch.rollups);
-                self.dedup.restore_unsaved(batch.keys);
+            Err(e) => {
+                self.rollups.restore(items.rollups);
+                self.dedup.restore_unsaved(items.keys);
                 return Err(e);
             }
         }
@@ -424,37 +420,27 @@ impl Items {
     }
 }
 
-/// One flush's writes, owned so that they can be handed back when the write fails.
-struct Batch {
-    budgets: Vec<BudgetDelta>,
-    rates: Vec<RateLimitDelta>,
-    rollups: Vec<(RollupKey, RollupSums)>,
-    keys: Vec<(DedupKey, Micros)>,
-}
-
 /// Writes one flush in one transaction; the usage version it took (0: none).
-async fn write(db: Db, batch: Batch) -> Result<i64, (DbError, Batch)> {
-    match write_batch(&db, &batch).await {
-        Ok(version) => Ok(version),
-        Err(e) => Err((e, batch)),
-    }
-}
-
-async fn write_batch(db: &Db, batch: &Batch) -> Result<i64, DbError> {
-    let backend = db.backend();
+async fn write(
+    db: &Db,
+    budgets: &[BudgetDelta],
+    rates: &[RateLimitDelta],
+    rollups: &[(RollupKey, RollupSums)],
+    keys: &[(DedupKey, Micros)],
+) -> Result<i64, DbError> {
     let mut tx = db.begin().await?;
     let mut version = 0;
-    if !(batch.budgets.is_empty() && batch.rates.is_empty()) {
+    if !(budgets.is_empty() && rates.is_empty()) {
         version = flush::next_usage_version(&mut tx).await?;
     }
     flush::write_flush(
         &mut tx,
-        backend,
+        db.backend(),
         version,
-        &batch.budgets,
-        &batch.rates,
-        &batch.rollups,
-        &batch.keys,
+        budgets,
+        rates,
+        rollups,
+        keys,
     )
     .await?;
     tx.commit().await?;
