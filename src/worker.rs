@@ -234,9 +234,7 @@ impl Flusher {
         for (budgets, rates) in slices {
             if self.signal.waiting() {
                 report.add(&self.write_items(std::mem::take(&mut found)).await?);
-                let started = std::time::Instant::now();
-                let changed = self.write_changed().await?;
-                self.metrics.flushed(true, started.elapsed(), &changed);
+                self.serve_durable_writers().await?;
             }
             found.append(Items::collect(
                 budgets.iter().copied(),
@@ -292,6 +290,14 @@ impl Flusher {
         Ok(report)
     }
 
+    /// A durable group commit in the middle of a full tick, for writers that wait.
+    async fn serve_durable_writers(&self) -> Result<(), DbError> {
+        let started = std::time::Instant::now();
+        let changed = self.write_changed().await?;
+        self.metrics.flushed(true, started.elapsed(), &changed);
+        Ok(())
+    }
+
     /// Writes `items` in one transaction and, once it committed, takes their deltas off the
     /// counters' pending usage. On failure rollups and keys go back to be written next time
     /// (counter deltas simply stay pending).
@@ -323,7 +329,13 @@ impl Flusher {
                 requests: *q,
             })
             .collect();
-        match write(&self.db, &budgets, &rates, &items.rollups, &items.keys).await {
+        let writes = flush::FlushWrites {
+            budgets: &budgets,
+            rates: &rates,
+            rollups: &items.rollups,
+            keys: &items.keys,
+        };
+        match write(&self.db, writes).await {
             Ok(version) => {
                 if version > 0 {
                     self.versions.took(version);
@@ -421,30 +433,15 @@ impl Items {
 }
 
 /// Writes one flush in one transaction; the usage version it took (0: none).
-async fn write(
-    db: &Db,
-    budgets: &[BudgetDelta],
-    rates: &[RateLimitDelta],
-    rollups: &[(RollupKey, RollupSums)],
-    keys: &[(DedupKey, Micros)],
-) -> Result<i64, DbError> {
-    let mut tx = db.begin().await?;
-    let mut version = 0;
-    if !(budgets.is_empty() && rates.is_empty()) {
-        version = flush::next_usage_version(&mut tx).await?;
+async fn write(db: &Db, writes: flush::FlushWrites<'_>) -> Result<i64, DbError> {
+    let mut conn = db.acquire_writer().await?;
+    let written = flush::commit_flush(&mut conn, db.backend(), writes).await;
+    if written.is_err() {
+        // Rolled back already, unless the connection broke or the rollback failed: either
+        // way it does not go back to the pool, in case a transaction is still open on it.
+        conn.close_on_drop();
     }
-    flush::write_flush(
-        &mut tx,
-        db.backend(),
-        version,
-        budgets,
-        rates,
-        rollups,
-        keys,
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(version)
+    written
 }
 
 /// Longest wait between retries while the database is unreachable.

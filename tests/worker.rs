@@ -15,6 +15,8 @@ on_both_backends!(
     windows_that_ended_while_down_are_reset_at_start,
     a_full_tick_sweeps_every_slice_of_counters,
     durable_commits_between_sweep_slices_keep_every_total_exact,
+    durable_rollups_are_committed_before_the_acknowledgement,
+    a_failed_one_round_trip_commit_changes_nothing_and_leaves_the_connection_clean,
 );
 
 const LIMITS: &str = r#"{"budget": {"max_limit": 1000.0, "reset_duration": "1d"},
@@ -415,4 +417,138 @@ async fn durable_commits_between_sweep_slices_keep_every_total_exact(db: &TestDb
         .expect("the tick task let go of the app")
         .stop()
         .await;
+}
+
+/// The report for the whole day, grouped by key and user: `(rows, requests, tokens)`.
+async fn report_totals(app: &TestApp) -> (usize, i64, i64) {
+    let (status, report) = app
+        .get("/api/governance/usage?group_by=virtual_key,user&bucket=day")
+        .await;
+    assert_eq!(status, 200, "{report}");
+    let rows = report["usage"].as_array().unwrap();
+    let sum = |field: &str| rows.iter().map(|r| r[field].as_i64().unwrap()).sum::<i64>();
+    (rows.len(), sum("requests"), sum("tokens"))
+}
+
+async fn durable_rollups_are_committed_before_the_acknowledgement(db: &TestDb) {
+    let mut config = config_for(db);
+    config.ack = heimdall::config::AckMode::Durable;
+    // No full tick during the test: only durable group commits write.
+    config.flush_interval = std::time::Duration::from_secs(3600);
+    let app = TestApp::start(config).await;
+    let (value, _) = hierarchy(&app).await;
+    for i in 0..30 {
+        let user = format!("u{}", i % 4);
+        usage(
+            &app,
+            json!({"virtual_key": value, "user_id": user, "tokens_used": 10}),
+        )
+        .await;
+    }
+    assert_eq!(
+        db.scalar("select coalesce(sum(requests), 0) from usage_rollups")
+            .await,
+        30,
+        "every acknowledged update's rollup is committed with it"
+    );
+    assert_eq!(
+        db.scalar("select count(*) from usage_rollups").await,
+        4,
+        "one row per user"
+    );
+    assert_eq!(report_totals(&app).await, (4, 30, 300));
+    app.stop().await;
+}
+
+/// A durable group commit is one string of statements, transaction included. One failing
+/// midway (here a trigger on the rollups, after the budget update ran) changes nothing, and
+/// the connection is left outside any transaction.
+async fn a_failed_one_round_trip_commit_changes_nothing_and_leaves_the_connection_clean(
+    db: &TestDb,
+) {
+    use heimdall::db::flush::{self, BudgetDelta, FlushWrites};
+    use heimdall::db::{Backend, Db};
+    use heimdall::engine::counter::FlushItem;
+    use heimdall::engine::rollup::{RollupKey, RollupSums};
+    let heimdall_db = Db::connect(&db.url).await.unwrap();
+    heimdall_db.migrate().await.unwrap();
+    let id = uuid::Uuid::new_v4();
+    db.execute(&format!(
+        "insert into budgets (id, max_limit, reset_duration, current_usage, last_reset, \
+         created_at, updated_at) values ('{id}', 100, '1d', 0, 1000, 0, 0)"
+    ))
+    .await;
+    db.execute(match heimdall_db.backend() {
+        Backend::Sqlite => {
+            "create trigger boom before insert on usage_rollups \
+             begin select raise(abort, 'boom'); end"
+        }
+        Backend::Postgres => {
+            "create function boom() returns trigger language plpgsql as \
+             $$ begin raise exception 'boom'; end $$; \
+             create trigger boom before insert on usage_rollups \
+             for each row execute function boom()"
+        }
+    })
+    .await;
+    let budgets = [BudgetDelta {
+        id,
+        item: FlushItem {
+            start: 1000,
+            delta: 5,
+            reset: false,
+        },
+    }];
+    let rollups = [(
+        RollupKey {
+            bucket_start: 0,
+            virtual_key_id: None,
+            team_id: None,
+            customer_id: None,
+            user_id: String::new(),
+            provider: "openai".into(),
+            model: "gpt-4o".into(),
+        },
+        RollupSums {
+            requests: 1,
+            tokens: 1,
+            cost: 1,
+        },
+    )];
+    let writes = |rollups| FlushWrites {
+        budgets: &budgets,
+        rates: &[],
+        rollups,
+        keys: &[],
+    };
+    let mut conn = heimdall_db.acquire_writer().await.unwrap();
+    let failed = flush::commit_flush(&mut conn, heimdall_db.backend(), writes(&rollups)).await;
+    assert!(failed.is_err(), "the trigger fails the commit");
+    drop(conn);
+    let current = format!("select current_usage from budgets where id = '{id}'");
+    assert_eq!(
+        db.scalar(&current).await,
+        0,
+        "the budget update before it is rolled back"
+    );
+    assert_eq!(
+        db.scalar("select usage_version from heimdall_clock").await,
+        0
+    );
+
+    let mut conn = heimdall_db.acquire_writer().await.unwrap();
+    let version = flush::commit_flush(&mut conn, heimdall_db.backend(), writes(&[]))
+        .await
+        .expect("the same connection begins a new transaction");
+    drop(conn);
+    assert_eq!(version, 1);
+    assert_eq!(db.scalar(&current).await, 5);
+    assert_eq!(
+        db.scalar(&format!(
+            "select usage_version from budgets where id = '{id}'"
+        ))
+        .await,
+        1,
+        "rows carry the version the string took"
+    );
 }

@@ -90,65 +90,94 @@ pub async fn clock(c: &mut Conn) -> Result<(i64, i64), DbError> {
     Ok((row.try_get(0)?, row.try_get(1)?))
 }
 
-/// The rows of a flush as a table `v` with the given columns, each column a list of literals
-/// (only ids we generated — UUIDs — and integers, so inlining is safe). PostgreSQL gets
-/// `unnest` over array literals: one constant per column, planned in microseconds whatever the
-/// row count; SQLite gets a `values` list.
-fn rows_table(backend: Backend, columns: &[(&str, &str)], data: &[Vec<String>]) -> String {
-    match backend {
-        Backend::Postgres => {
-            let arrays: Vec<String> = columns
-                .iter()
-                .zip(data)
-                .map(|((_, ty), values)| format!("'{{{}}}'::{ty}[]", values.join(",")))
-                .collect();
-            let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
-            format!("unnest({}) as v({})", arrays.join(", "), names.join(", "))
-        }
-        Backend::Sqlite => {
-            let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
-            let rows = data.first().map_or(0, Vec::len);
-            let quote = |ty: &str, v: &str| {
-                if ty == "text" {
-                    format!("'{v}'")
+/// A value of a flush row: one of our ids (a UUID) or an integer. Nothing else is inlined, so
+/// literals need no escaping.
+#[derive(Debug, Clone, Copy)]
+enum Cell {
+    Id(Uuid),
+    Int(i64),
+}
+
+impl Cell {
+    fn write(self, sql: &mut String, quoted: bool) {
+        match self {
+            Cell::Id(id) => {
+                let mut buf = Uuid::encode_buffer();
+                let text = id.hyphenated().encode_lower(&mut buf);
+                if quoted {
+                    sql.push('\'');
+                    sql.push_str(text);
+                    sql.push('\'');
                 } else {
-                    v.to_owned()
+                    sql.push_str(text);
                 }
-            };
-            values_table(
-                &names,
-                &mut (0..rows).map(|i| {
-                    columns
-                        .iter()
-                        .zip(data)
-                        .map(|((_, ty), values)| quote(ty, &values[i]))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                }),
-            )
+            }
+            Cell::Int(v) => {
+                let _ = write!(sql, "{v}");
+            }
+        }
+    }
+
+    fn sql_type(self) -> &'static str {
+        match self {
+            Cell::Id(_) => "text",
+            Cell::Int(_) => "bigint",
         }
     }
 }
 
-/// `(select column1 as a, … from (values (…), …) as t) as v`.
-fn values_table(columns: &[&str], rows: &mut dyn Iterator<Item = String>) -> String {
-    let mut sql = String::from("(select ");
-    for (i, name) in columns.iter().enumerate() {
-        if i > 0 {
-            sql.push_str(", ");
+/// The rows of a flush as a table `v` with the given column names, written straight into one
+/// string (a 100 000-row flush is megabytes of SQL). PostgreSQL gets `unnest` over one array
+/// literal per column: a constant each, planned in microseconds whatever the row count;
+/// SQLite gets a `values` list.
+fn rows_table<const N: usize>(backend: Backend, names: [&str; N], rows: &[[Cell; N]]) -> String {
+    let Some(first) = rows.first() else {
+        return String::new();
+    };
+    let mut sql = String::with_capacity(rows.len() * N * 16 + 64);
+    match backend {
+        Backend::Postgres => {
+            sql.push_str("unnest(");
+            for column in 0..N {
+                if column > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str("'{");
+                for (i, row) in rows.iter().enumerate() {
+                    if i > 0 {
+                        sql.push(',');
+                    }
+                    row[column].write(&mut sql, false);
+                }
+                let _ = write!(sql, "}}'::{}[]", first[column].sql_type());
+            }
+            let _ = write!(sql, ") as v({})", names.join(", "));
         }
-        let _ = write!(sql, "column{} as {name}", i + 1);
-    }
-    sql.push_str(" from (values ");
-    for (i, row) in rows.enumerate() {
-        if i > 0 {
-            sql.push(',');
+        Backend::Sqlite => {
+            sql.push_str("(select ");
+            for (i, name) in names.iter().enumerate() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                let _ = write!(sql, "column{} as {name}", i + 1);
+            }
+            sql.push_str(" from (values ");
+            for (i, row) in rows.iter().enumerate() {
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push('(');
+                for (column, cell) in row.iter().enumerate() {
+                    if column > 0 {
+                        sql.push_str(", ");
+                    }
+                    cell.write(&mut sql, true);
+                }
+                sql.push(')');
+            }
+            sql.push_str(") as t) as v");
         }
-        sql.push('(');
-        sql.push_str(&row);
-        sql.push(')');
     }
-    sql.push_str(") as t) as v");
     sql
 }
 
@@ -157,20 +186,22 @@ fn values_table(columns: &[&str], rows: &mut dyn Iterator<Item = String>) -> Str
 /// moved on) keeps its value: our delta belongs to an ended window and is dropped.
 fn budget_deltas_sql(
     backend: Backend,
-    version: i64,
+    version: &str,
     deltas: &[BudgetDelta],
     out: &mut Vec<String>,
 ) {
     for chunk in deltas.chunks(chunk_size(backend)) {
-        let table = rows_table(
-            backend,
-            &[("id", "text"), ("start", "bigint"), ("delta", "bigint")],
-            &[
-                chunk.iter().map(|d| d.id.to_string()).collect(),
-                chunk.iter().map(|d| d.item.start.to_string()).collect(),
-                chunk.iter().map(|d| d.item.delta.to_string()).collect(),
-            ],
-        );
+        let rows: Vec<[Cell; 3]> = chunk
+            .iter()
+            .map(|d| {
+                [
+                    Cell::Id(d.id),
+                    Cell::Int(d.item.start),
+                    Cell::Int(d.item.delta),
+                ]
+            })
+            .collect();
+        let table = rows_table(backend, ["id", "start", "delta"], &rows);
         let sql = format!(
             "update budgets set \
              current_usage = case when budgets.last_reset < v.start then v.delta \
@@ -188,28 +219,24 @@ fn budget_deltas_sql(
 /// The same for both dimensions of rate limits.
 fn rate_limit_deltas_sql(
     backend: Backend,
-    version: i64,
+    version: &str,
     deltas: &[RateLimitDelta],
     out: &mut Vec<String>,
 ) {
     for chunk in deltas.chunks(chunk_size(backend)) {
-        let table = rows_table(
-            backend,
-            &[
-                ("id", "text"),
-                ("ts", "bigint"),
-                ("td", "bigint"),
-                ("rs", "bigint"),
-                ("rd", "bigint"),
-            ],
-            &[
-                chunk.iter().map(|d| d.id.to_string()).collect(),
-                chunk.iter().map(|d| d.tokens.start.to_string()).collect(),
-                chunk.iter().map(|d| d.tokens.delta.to_string()).collect(),
-                chunk.iter().map(|d| d.requests.start.to_string()).collect(),
-                chunk.iter().map(|d| d.requests.delta.to_string()).collect(),
-            ],
-        );
+        let rows: Vec<[Cell; 5]> = chunk
+            .iter()
+            .map(|d| {
+                [
+                    Cell::Id(d.id),
+                    Cell::Int(d.tokens.start),
+                    Cell::Int(d.tokens.delta),
+                    Cell::Int(d.requests.start),
+                    Cell::Int(d.requests.delta),
+                ]
+            })
+            .collect();
+        let table = rows_table(backend, ["id", "ts", "td", "rs", "rd"], &rows);
         let dimension = |p: &str, s: &str, d: &str| {
             format!(
                 "{p}_current_usage = case when rate_limits.{p}_last_reset < v.{s} then v.{d} \
@@ -363,34 +390,113 @@ fn rollups_sql(rows: &[(RollupKey, RollupSums)], out: &mut Vec<String>) {
     }
 }
 
-/// One flush's writes inside the caller's transaction: window resets and usage deltas
-/// (tagged with `version`), hourly rollups and idempotency keys. A small flush (a durable
-/// group commit) goes as one multi-statement string: one round trip instead of four, which
-/// PostgreSQL's durable commits gain ~30 % from. A large one goes statement by statement:
+/// What one flush writes.
+#[derive(Debug, Clone, Copy)]
+pub struct FlushWrites<'a> {
+    pub budgets: &'a [BudgetDelta],
+    pub rates: &'a [RateLimitDelta],
+    pub rollups: &'a [(RollupKey, RollupSums)],
+    pub keys: &'a [(DedupKey, Micros)],
+}
+
+impl FlushWrites<'_> {
+    /// Whether counters change, so that the flush takes a usage version.
+    fn takes_version(&self) -> bool {
+        !(self.budgets.is_empty() && self.rates.is_empty())
+    }
+
+    /// The statements: window resets and usage deltas tagged with `version` (a number or an
+    /// expression), hourly rollups and idempotency keys.
+    fn statements(&self, backend: Backend, version: &str) -> Vec<String> {
+        let mut statements = Vec::new();
+        budget_deltas_sql(backend, version, self.budgets, &mut statements);
+        rate_limit_deltas_sql(backend, version, self.rates, &mut statements);
+        rollups_sql(self.rollups, &mut statements);
+        dedup_keys_sql(self.keys, &mut statements);
+        statements
+    }
+}
+
+/// The clock's usage version as an expression: read in the transaction that just took it.
+const CURRENT_USAGE_VERSION: &str = "(select usage_version from heimdall_clock where id = 1)";
+
+/// Commits one flush; the usage version it took (0: none). A small flush (a durable group
+/// commit, which writers wait for) is one string of statements, transaction included: one
+/// round trip to PostgreSQL, one hand-over to SQLite's connection thread, where a transaction
+/// of separate statements takes four — each a wake-up of another thread, which on a busy
+/// machine waits for a core. A large flush is a transaction of statements sent one by one:
 /// as one string, a minute of batch load left RSS ~30 MiB higher (measured on SQLite).
-pub async fn write_flush(
+pub async fn commit_flush(
     c: &mut Conn,
     backend: Backend,
-    version: i64,
-    budgets: &[BudgetDelta],
-    rates: &[RateLimitDelta],
-    rollups: &[(RollupKey, RollupSums)],
-    keys: &[(DedupKey, Micros)],
-) -> Result<(), DbError> {
-    let mut statements = Vec::new();
-    budget_deltas_sql(backend, version, budgets, &mut statements);
-    rate_limit_deltas_sql(backend, version, rates, &mut statements);
-    rollups_sql(rollups, &mut statements);
-    dedup_keys_sql(keys, &mut statements);
-    if statements.iter().map(String::len).sum::<usize>() <= ONE_ROUND_TRIP_MAX {
-        // A query without arguments runs every statement of its string on both backends.
-        sqlx::Executor::execute(&mut *c, statements.join(";\n").as_str()).await?;
-    } else {
-        for sql in &statements {
-            sqlx::query(sql).persistent(false).execute(&mut *c).await?;
+    writes: FlushWrites<'_>,
+) -> Result<i64, DbError> {
+    let statements = writes.statements(backend, CURRENT_USAGE_VERSION);
+    if statements.iter().map(String::len).sum::<usize>() > ONE_ROUND_TRIP_MAX {
+        return commit_statement_by_statement(c, backend, writes.takes_version(), &statements)
+            .await;
+    }
+    let begin = match backend {
+        // Takes the write lock at once rather than on the first write.
+        Backend::Sqlite => "begin immediate",
+        Backend::Postgres => "begin",
+    };
+    let mut sql =
+        String::with_capacity(statements.iter().map(|s| s.len() + 2).sum::<usize>() + 200);
+    sql.push_str(begin);
+    sql.push_str(";\n");
+    if writes.takes_version() {
+        // The row lock is held until the commit, so versions become visible in order.
+        sql.push_str(
+            "update heimdall_clock set usage_version = usage_version + 1 where id = 1 \
+             returning usage_version;\n",
+        );
+    }
+    for statement in &statements {
+        sql.push_str(statement);
+        sql.push_str(";\n");
+    }
+    sql.push_str("commit");
+    // A string without arguments runs every statement of it on both backends; the only row
+    // any of them returns is the version.
+    match sqlx::Executor::fetch_all(&mut *c, sql.as_str()).await {
+        Ok(rows) => match rows.first() {
+            Some(row) => Ok(row.try_get(0)?),
+            None => Ok(0),
+        },
+        Err(e) => {
+            // The statements after the failing one did not run, the commit included: end the
+            // transaction so that the connection goes back to the pool clean. (Fails harmlessly
+            // when the begin itself failed.)
+            let _ = sqlx::Executor::execute(&mut *c, "rollback").await;
+            Err(e.into())
         }
     }
-    Ok(())
+}
+
+/// Memory for a large flush's join on PostgreSQL: at the default 4 MB, 100 000 rows spill
+/// the unnested arrays and the hash table to temporary files (~15 % of the flush's time).
+const LARGE_FLUSH_WORK_MEM: &str = "set local work_mem = '64MB'";
+
+async fn commit_statement_by_statement(
+    c: &mut Conn,
+    backend: Backend,
+    takes_version: bool,
+    statements: &[String],
+) -> Result<i64, DbError> {
+    let mut tx = sqlx::Connection::begin(&mut *c).await?;
+    if backend == Backend::Postgres {
+        sqlx::query(LARGE_FLUSH_WORK_MEM).execute(&mut *tx).await?;
+    }
+    let mut version = 0;
+    if takes_version {
+        version = next_usage_version(&mut tx).await?;
+    }
+    for sql in statements {
+        sqlx::query(sql).persistent(false).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(version)
 }
 
 #[cfg(test)]

@@ -199,6 +199,11 @@ impl Db {
         Ok(self.writer.as_ref().unwrap_or(&self.pool).begin().await?)
     }
 
+    /// A connection of the writing pool, for a transaction the caller opens and ends itself.
+    pub async fn acquire_writer(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, DbError> {
+        Ok(self.writer.as_ref().unwrap_or(&self.pool).acquire().await?)
+    }
+
     /// Reads the whole governance state; limits `reuse` holds keep their counters.
     pub async fn load(
         &self,
