@@ -17,6 +17,7 @@ on_both_backends!(
     durable_commits_between_sweep_slices_keep_every_total_exact,
     durable_rollups_are_committed_before_the_acknowledgement,
     a_failed_one_round_trip_commit_changes_nothing_and_leaves_the_connection_clean,
+    replicas_adding_to_the_same_rollups_in_opposite_orders_both_commit,
 );
 
 const LIMITS: &str = r#"{"budget": {"max_limit": 1000.0, "reset_duration": "1d"},
@@ -551,4 +552,67 @@ async fn a_failed_one_round_trip_commit_changes_nothing_and_leaves_the_connectio
         1,
         "rows carry the version the string took"
     );
+}
+
+/// Two replicas flush rollups only (usage no limit governs takes no usage version, so nothing
+/// serialises their transactions) to the same rows, each having collected them in its own
+/// order: both commit, and every row adds both.
+async fn replicas_adding_to_the_same_rollups_in_opposite_orders_both_commit(db: &TestDb) {
+    use heimdall::db::flush::{self, FlushWrites};
+    use heimdall::db::Db;
+    use heimdall::engine::rollup::{RollupKey, RollupSums};
+    const ROWS: usize = 2_000;
+    const ROUNDS: i64 = 4;
+    let one = Db::connect(&db.url).await.unwrap();
+    one.migrate().await.unwrap();
+    let other = Db::connect(&db.url).await.unwrap();
+    let rows: Vec<(RollupKey, RollupSums)> = (0..ROWS)
+        .map(|i| {
+            let key = RollupKey {
+                bucket_start: 0,
+                virtual_key_id: None,
+                team_id: None,
+                customer_id: None,
+                user_id: format!("user-{i:05}"),
+                provider: "openai".into(),
+                model: "gpt-4o".into(),
+            };
+            let sums = RollupSums {
+                requests: 1,
+                tokens: 2,
+                cost: 3,
+            };
+            (key, sums)
+        })
+        .collect();
+    let reversed: Vec<_> = rows.iter().rev().cloned().collect();
+    let commit = |db: &Db, rollups: &[(RollupKey, RollupSums)]| {
+        let db = db.clone();
+        let rollups = rollups.to_vec();
+        async move {
+            let mut conn = db.acquire_writer().await.unwrap();
+            let writes = FlushWrites {
+                budgets: &[],
+                rates: &[],
+                rollups: &rollups,
+                keys: &[],
+            };
+            flush::commit_flush(&mut conn, db.backend(), writes).await
+        }
+    };
+    for _ in 0..ROUNDS {
+        let (a, b) = tokio::join!(commit(&one, &rows), commit(&other, &reversed));
+        a.expect("one replica's rollups commit");
+        b.expect("the other's commit too");
+    }
+    assert_eq!(
+        db.scalar("select count(*) from usage_rollups").await,
+        ROWS as i64
+    );
+    assert_eq!(
+        db.scalar("select sum(requests) from usage_rollups").await,
+        2 * ROUNDS * ROWS as i64
+    );
+    one.close().await;
+    other.close().await;
 }

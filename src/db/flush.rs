@@ -302,8 +302,11 @@ fn join_key(hi: i64, lo: i64) -> DedupKey {
     (u128::from(hi as u64) << 64) | u128::from(lo as u64)
 }
 
-/// Persists idempotency keys (a key already there, from another replica, stays).
+/// Persists idempotency keys (a key already there, from another replica, stays). In key
+/// order, as rollups are (see [`rollups_sql`]).
 fn dedup_keys_sql(keys: &[(DedupKey, Micros)], out: &mut Vec<String>) {
+    let mut keys = keys.to_vec();
+    keys.sort_unstable_by_key(|(key, _)| *key);
     for chunk in keys.chunks(CHUNK) {
         let mut sql = String::from("insert into dedup_keys (key_hi, key_lo, expires_at) values ");
         for (i, (key, expires)) in chunk.iter().enumerate() {
@@ -354,8 +357,13 @@ fn text_literal(s: &str) -> String {
 }
 
 /// Adds hourly rollups. Values are inlined as literals: thousands of bind parameters in one
-/// statement cost SQLite quadratic time to resolve.
+/// statement cost SQLite quadratic time to resolve. Rows go in key order: two replicas adding
+/// to the same rows lock them in the same order, where opposite orders deadlock on PostgreSQL
+/// (flushes that change counters are serialised by the clock row anyway; rollup-only flushes,
+/// from usage that no limit governs, are not).
 fn rollups_sql(rows: &[(RollupKey, RollupSums)], out: &mut Vec<String>) {
+    let mut rows: Vec<&(RollupKey, RollupSums)> = rows.iter().collect();
+    rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     for chunk in rows.chunks(CHUNK) {
         let mut sql = String::from(
             "insert into usage_rollups (bucket_start, virtual_key_id, team_id, customer_id, \

@@ -14,8 +14,8 @@ use crate::domain::Micros;
 const SHARDS: usize = 16;
 const HOUR: Micros = 3_600_000_000;
 
-/// One rollup row's identity.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One rollup row's identity, ordered as the table's primary key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct RollupKey {
     pub bucket_start: Micros,
     pub virtual_key_id: Option<Uuid>,
