@@ -52,9 +52,7 @@ impl Versions {
         own.retain(|v| *v > current);
         in_range == current - seen
     }
-}
 
-impl Versions {
     /// The versions read at start, with the state loaded then.
     pub fn start_at(&self, config: i64, usage: i64) {
         self.config.store(config, Ordering::Release);

@@ -188,20 +188,25 @@ impl Db {
         self.backend
     }
 
+    /// Where writes go: SQLite's one writing connection, else the pool.
+    fn writing_pool(&self) -> &AnyPool {
+        self.writer.as_ref().unwrap_or(&self.pool)
+    }
+
     /// Applies the embedded migrations of this backend that have not run yet.
     pub async fn migrate(&self) -> Result<(), DbError> {
-        let mut conn = self.writer.as_ref().unwrap_or(&self.pool).acquire().await?;
+        let mut conn = self.writing_pool().acquire().await?;
         migrate::run(&mut conn, self.backend).await
     }
 
     /// A write transaction.
     pub async fn begin(&self) -> Result<Tx, DbError> {
-        Ok(self.writer.as_ref().unwrap_or(&self.pool).begin().await?)
+        Ok(self.writing_pool().begin().await?)
     }
 
     /// A connection of the writing pool, for a transaction the caller opens and ends itself.
     pub async fn acquire_writer(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, DbError> {
-        Ok(self.writer.as_ref().unwrap_or(&self.pool).acquire().await?)
+        Ok(self.writing_pool().acquire().await?)
     }
 
     /// Reads the whole governance state; limits `reuse` holds keep their counters.
