@@ -18,6 +18,7 @@ on_both_backends!(
     durable_rollups_are_committed_before_the_acknowledgement,
     a_failed_one_round_trip_commit_changes_nothing_and_leaves_the_connection_clean,
     replicas_adding_to_the_same_rollups_in_opposite_orders_both_commit,
+    flushed_values_arrive_exactly_on_both_statement_paths,
 );
 
 const LIMITS: &str = r#"{"budget": {"max_limit": 1000.0, "reset_duration": "1d"},
@@ -461,9 +462,10 @@ async fn durable_rollups_are_committed_before_the_acknowledgement(db: &TestDb) {
     app.stop().await;
 }
 
-/// A durable group commit is one string of statements, transaction included. One failing
-/// midway (here a trigger on the rollups, after the budget update ran) changes nothing, and
-/// the connection is left outside any transaction.
+/// A durable group commit is one round trip: one string of statements, transaction included,
+/// on SQLite; one prepared statement on PostgreSQL. One failing midway (here a trigger on the
+/// rollups, after the budget update ran) changes nothing, and the connection is left outside
+/// any transaction.
 async fn a_failed_one_round_trip_commit_changes_nothing_and_leaves_the_connection_clean(
     db: &TestDb,
 ) {
@@ -615,4 +617,147 @@ async fn replicas_adding_to_the_same_rollups_in_opposite_orders_both_commit(db: 
     );
     one.close().await;
     other.close().await;
+}
+
+/// Names with quotes, backslashes, commas, braces, spaces and non-ASCII arrive as they were
+/// sent, with their sums, budget deltas and idempotency keys, whether the flush is small (on
+/// PostgreSQL one prepared statement with the rows as array parameters) or large (SQL text
+/// with the rows inline).
+async fn flushed_values_arrive_exactly_on_both_statement_paths(db: &TestDb) {
+    use heimdall::db::flush::{self, BudgetDelta, FlushWrites};
+    use heimdall::db::Db;
+    use heimdall::engine::counter::FlushItem;
+    use heimdall::engine::rollup::{RollupKey, RollupSums};
+    const NAMES: [&str; 9] = [
+        "plain",
+        "",
+        "quote\"d",
+        "back\\slash\\",
+        "comma,brace{}",
+        "o'brien",
+        "\u{fc}n\u{ef}c\u{f6}d\u{e9} \u{1f680}",
+        "NULL",
+        " spaced ",
+    ];
+    let heimdall_db = Db::connect(&db.url).await.unwrap();
+    heimdall_db.migrate().await.unwrap();
+    let id = uuid::Uuid::new_v4();
+    db.execute(&format!(
+        "insert into budgets (id, max_limit, reset_duration, current_usage, last_reset, \
+         created_at, updated_at) values ('{id}', 100, '1d', 0, 1000, 0, 0)"
+    ))
+    .await;
+    let key = uuid::Uuid::new_v4();
+    let rollup = |bucket_start: i64, user_id: &str, n: i64| {
+        let key = RollupKey {
+            bucket_start,
+            virtual_key_id: Some(key),
+            team_id: None,
+            customer_id: Some(id),
+            user_id: user_id.to_owned(),
+            provider: format!("p-{user_id}"),
+            model: format!("{user_id}-m"),
+        };
+        let sums = RollupSums {
+            requests: n,
+            tokens: 10 * n,
+            cost: 100 * n,
+        };
+        (key, sums)
+    };
+    // Small: a handful of rows. Large: the same names among 5 000 others.
+    for (round, bucket, filler) in [(1i64, 0i64, 0usize), (2, 3_600_000_000, 5_000)] {
+        let mut rollups: Vec<_> = NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, name)| rollup(bucket, name, i as i64 + 1))
+            .collect();
+        rollups.extend((0..filler).map(|i| rollup(bucket, &format!("filler-{i}"), 1)));
+        let keys: Vec<(u128, i64)> = (0..3u128)
+            .map(|i| {
+                (
+                    (round as u128) << 100 | i << 64 | (u128::from(u64::MAX) - i),
+                    9_000,
+                )
+            })
+            .collect();
+        let budgets = [BudgetDelta {
+            id,
+            item: FlushItem {
+                start: 1000,
+                delta: round,
+                reset: false,
+            },
+        }];
+        let mut conn = heimdall_db.acquire_writer().await.unwrap();
+        let writes = FlushWrites {
+            budgets: &budgets,
+            rates: &[],
+            rollups: &rollups,
+            keys: &keys,
+        };
+        let version = flush::commit_flush(&mut conn, heimdall_db.backend(), writes)
+            .await
+            .unwrap();
+        drop(conn);
+        assert_eq!(
+            version, round,
+            "a flush that changes a counter takes a version"
+        );
+        for (i, name) in NAMES.iter().enumerate() {
+            let text = |s: String| format!("'{}'", s.replace('\'', "''"));
+            let found = db
+                .scalar(&format!(
+                    "select coalesce(sum(requests * 1000000 + tokens * 1000 + cost), -1) \
+                     from usage_rollups where bucket_start = {bucket} \
+                     and virtual_key_id = '{key}' and team_id = '' and customer_id = '{id}' \
+                     and user_id = {} and provider = {} and model = {}",
+                    text(name.to_string()),
+                    text(format!("p-{name}")),
+                    text(format!("{name}-m")),
+                ))
+                .await;
+            let n = i as i64 + 1;
+            assert_eq!(
+                found,
+                n * 1_000_000 + 10 * n * 1000 + 100 * n,
+                "round {round}: {name:?}"
+            );
+        }
+        assert_eq!(
+            db.scalar(&format!(
+                "select count(*) from usage_rollups where bucket_start = {bucket}"
+            ))
+            .await,
+            (NAMES.len() + filler) as i64
+        );
+        assert_eq!(
+            db.scalar("select count(*) from dedup_keys where expires_at = 9000")
+                .await,
+            3 * round
+        );
+    }
+    assert_eq!(
+        db.scalar(&format!(
+            "select current_usage from budgets where id = '{id}'"
+        ))
+        .await,
+        3
+    );
+    let mut conn = heimdall_db.acquire_writer().await.unwrap();
+    let loaded = flush::load_dedup_keys(&mut conn, 0).await.unwrap();
+    drop(conn);
+    let mut loaded: Vec<u128> = loaded.into_iter().map(|(k, _)| k).collect();
+    loaded.sort_unstable();
+    let mut expected: Vec<u128> = (1..=2u128)
+        .flat_map(|round| {
+            (0..3u128).map(move |i| round << 100 | i << 64 | (u128::from(u64::MAX) - i))
+        })
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(
+        loaded, expected,
+        "idempotency keys round-trip through both halves"
+    );
+    heimdall_db.close().await;
 }

@@ -107,6 +107,10 @@ pub fn writer_cache_mib(ack: crate::config::AckMode) -> u32 {
 
 const BUFFERED_WRITER_CACHE_MIB: u32 = 2;
 
+/// A pooled connection idle for this long is pinged before it is handed out; one in use
+/// more recently is not (a broken one fails its query, and the worker drops it).
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 /// How often a background checkpoint starts while writes go on (one per flush interval at
 /// most, since only flushes write).
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
@@ -150,6 +154,18 @@ impl Db {
                 .max_connections(size)
                 // Short, so that an unreachable database fails a flush (and /readyz) quickly.
                 .acquire_timeout(Duration::from_secs(3))
+                // A connection used within the last second is handed out as it is; one idle
+                // for longer is pinged first (sqlx pings on every acquire by default: a second
+                // round trip for every durable group commit).
+                .test_before_acquire(false)
+                .before_acquire(|conn, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for >= PING_IF_IDLE_FOR {
+                            conn.ping().await?;
+                        }
+                        Ok(true)
+                    })
+                })
                 .after_connect(move |conn, _meta| {
                     Box::pin(async move {
                         if backend == Backend::Sqlite {
