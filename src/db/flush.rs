@@ -127,9 +127,11 @@ impl Cell {
 }
 
 /// The rows of a flush as a table `v` with the given column names, written straight into one
-/// string (a 100 000-row flush is megabytes of SQL). PostgreSQL gets `unnest` over one array
-/// literal per column: a constant each, planned in microseconds whatever the row count;
-/// SQLite gets a `values` list.
+/// string (a 100 000-row flush is megabytes of SQL). PostgreSQL gets one `unnest` of an array
+/// literal per column, side by side in a select list (unnested in step): constants, planned
+/// in microseconds whatever the row count, and streamed, where `unnest(a, b, c)` in `from`
+/// first copies every row into a tuple store (~20 ms of a 100 000-row flush). SQLite gets a
+/// `values` list.
 fn rows_table<const N: usize>(backend: Backend, names: [&str; N], rows: &[[Cell; N]]) -> String {
     let Some(first) = rows.first() else {
         return String::new();
@@ -137,21 +139,21 @@ fn rows_table<const N: usize>(backend: Backend, names: [&str; N], rows: &[[Cell;
     let mut sql = String::with_capacity(rows.len() * N * 16 + 64);
     match backend {
         Backend::Postgres => {
-            sql.push_str("unnest(");
-            for column in 0..N {
+            sql.push_str("(select ");
+            for (column, name) in names.iter().enumerate() {
                 if column > 0 {
                     sql.push_str(", ");
                 }
-                sql.push_str("'{");
+                sql.push_str("unnest('{");
                 for (i, row) in rows.iter().enumerate() {
                     if i > 0 {
                         sql.push(',');
                     }
                     row[column].write(&mut sql, false);
                 }
-                let _ = write!(sql, "}}'::{}[]", first[column].sql_type());
+                let _ = write!(sql, "}}'::{}[]) as {name}", first[column].sql_type());
             }
-            let _ = write!(sql, ") as v({})", names.join(", "));
+            sql.push_str(") as v");
         }
         Backend::Sqlite => {
             sql.push_str("(select ");
