@@ -432,12 +432,12 @@ impl Items {
 
 /// Writes one flush in one transaction; the usage version it took (0: none).
 async fn write(db: &Db, writes: flush::FlushWrites<'_>) -> Result<i64, DbError> {
-    let mut conn = db.acquire_writer().await?;
-    let written = flush::commit_flush(&mut conn, db.backend(), writes).await;
+    let mut conn = db.flush_connection().await?;
+    let written = flush::commit_flush(conn.conn(), db.backend(), writes).await;
     if written.is_err() {
         // Rolled back already, unless the connection broke or the rollback failed: either
-        // way it does not go back to the pool, in case a transaction is still open on it.
-        conn.close_on_drop();
+        // way it is not used again, in case a transaction is still open on it.
+        conn.discard();
     }
     written
 }

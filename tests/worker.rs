@@ -761,3 +761,45 @@ async fn flushed_values_arrive_exactly_on_both_statement_paths(db: &TestDb) {
     );
     heimdall_db.close().await;
 }
+
+/// PostgreSQL's flush connection stays the same between flushes (no trip back through the
+/// pool), and one the server dropped while it sat idle is replaced before a flush uses it.
+#[tokio::test]
+async fn the_postgres_flush_connection_is_kept_and_replaced_when_the_server_drops_it() {
+    use heimdall::db::flush::{self, FlushWrites};
+    use heimdall::db::Db;
+    let Some(db) = TestDb::new(common::Backend::Postgres).await else {
+        return;
+    };
+    let heimdall_db = Db::connect(&db.url).await.unwrap();
+    heimdall_db.migrate().await.unwrap();
+    let backend_pid = || async {
+        let mut kept = heimdall_db.flush_connection().await.unwrap();
+        let pid: i32 = sqlx::query_scalar("select pg_backend_pid()")
+            .fetch_one(kept.conn())
+            .await
+            .unwrap();
+        pid
+    };
+    let first = backend_pid().await;
+    assert_eq!(backend_pid().await, first, "the same connection, kept");
+
+    db.execute(&format!("select pg_terminate_backend({first})"))
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let mut kept = heimdall_db.flush_connection().await.unwrap();
+    let writes = FlushWrites {
+        budgets: &[],
+        rates: &[],
+        rollups: &[],
+        keys: &[(7, 9_000)],
+    };
+    flush::commit_flush(kept.conn(), heimdall_db.backend(), writes)
+        .await
+        .expect("the dropped connection was replaced before the flush");
+    drop(kept);
+    assert_ne!(backend_pid().await, first);
+    assert_eq!(db.scalar("select count(*) from dedup_keys").await, 1);
+    heimdall_db.close().await;
+    db.drop_db().await;
+}

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::pool::PoolConnection;
 use sqlx::{AnyConnection, AnyPool, ConnectOptions, Connection, Executor, Transaction};
 
 pub use load::load_snapshot;
@@ -75,8 +76,51 @@ pub struct Db {
     pool: AnyPool,
     /// SQLite's one writing connection.
     writer: Option<AnyPool>,
+    /// PostgreSQL's connection for flushes (see [`Db::flush_connection`]).
+    flusher: Option<Arc<FlushPool>>,
     backend: Backend,
     checkpoint: Arc<Checkpoint>,
+}
+
+/// PostgreSQL's flush connection and the pool it comes from.
+#[derive(Debug)]
+struct FlushPool {
+    pool: AnyPool,
+    /// The connection between flushes, with when it was last used.
+    kept: tokio::sync::Mutex<Option<(PoolConnection<sqlx::Any>, std::time::Instant)>>,
+}
+
+/// A connection the worker flushes on: see [`Db::flush_connection`].
+#[derive(Debug)]
+pub enum FlushConnection<'a> {
+    Kept(tokio::sync::MutexGuard<'a, Option<(PoolConnection<sqlx::Any>, std::time::Instant)>>),
+    Pooled(PoolConnection<sqlx::Any>),
+}
+
+impl FlushConnection<'_> {
+    pub fn conn(&mut self) -> &mut Conn {
+        match self {
+            FlushConnection::Kept(kept) => {
+                let (conn, last_used) = kept.as_mut().expect("filled when handed out");
+                *last_used = std::time::Instant::now();
+                conn
+            }
+            FlushConnection::Pooled(conn) => conn,
+        }
+    }
+
+    /// After a failed flush: the connection is closed rather than used again, in case a
+    /// transaction is still open on it or it broke.
+    pub fn discard(&mut self) {
+        match self {
+            FlushConnection::Kept(kept) => {
+                if let Some((mut conn, _)) = kept.take() {
+                    conn.close_on_drop();
+                }
+            }
+            FlushConnection::Pooled(conn) => conn.close_on_drop(),
+        }
+    }
 }
 
 /// SQLite's WAL checkpoints, taken off the write path: a commit that runs an automatic
@@ -178,23 +222,30 @@ impl Db {
                 })
                 .connect_with(options.clone())
         };
-        let (pool, writer) = match backend {
-            Backend::Postgres => (pool_of(16, 0).await?, None),
+        let (pool, writer, flusher) = match backend {
+            Backend::Postgres => {
+                let flusher = FlushPool {
+                    pool: pool_of(1, 0).await?,
+                    kept: tokio::sync::Mutex::new(None),
+                };
+                (pool_of(16, 0).await?, None, Some(Arc::new(flusher)))
+            }
             // SQLite takes one writer at a time anyway. Keeping every write on one connection
             // keeps that connection's page cache valid from one transaction to the next (a
             // connection that sees another's commit drops its whole cache); reads get their own.
             // An in-memory database lives in its one connection: nothing else would see it.
             Backend::Sqlite if url.contains(":memory:") || url.contains("mode=memory") => {
-                (pool_of(1, writer_cache_mib * 1024).await?, None)
+                (pool_of(1, writer_cache_mib * 1024).await?, None, None)
             }
             Backend::Sqlite => {
                 let writer = pool_of(1, writer_cache_mib * 1024).await?;
-                (pool_of(2, 1024).await?, Some(writer))
+                (pool_of(2, 1024).await?, Some(writer), None)
             }
         };
         Ok(Db {
             pool,
             writer,
+            flusher,
             backend,
             checkpoint: Arc::default(),
         })
@@ -220,9 +271,41 @@ impl Db {
         Ok(self.writing_pool().begin().await?)
     }
 
-    /// A connection of the writing pool, for a transaction the caller opens and ends itself.
-    pub async fn acquire_writer(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, DbError> {
-        Ok(self.writing_pool().acquire().await?)
+    /// A connection of the pool flushes write on, for a transaction the caller opens and ends
+    /// itself.
+    pub async fn acquire_writer(&self) -> Result<PoolConnection<sqlx::Any>, DbError> {
+        let pool = match &self.flusher {
+            Some(flusher) => &flusher.pool,
+            None => self.writing_pool(),
+        };
+        Ok(pool.acquire().await?)
+    }
+
+    /// The connection for the worker's flushes. On PostgreSQL it is always the same one, kept
+    /// out of its pool between flushes: sqlx pings a connection when it goes back to a pool,
+    /// so a connection released after each durable group commit cost one more round trip
+    /// before it could be taken again, and the pool handed out its connections in turn, each
+    /// server process with its own plan of the flush to make. On SQLite it is the writer,
+    /// which goes back to its pool after each flush: admin writes use it too.
+    pub async fn flush_connection(&self) -> Result<FlushConnection<'_>, DbError> {
+        let Some(flusher) = &self.flusher else {
+            return Ok(FlushConnection::Pooled(
+                self.writing_pool().acquire().await?,
+            ));
+        };
+        let mut kept = flusher.kept.lock().await;
+        if let Some((conn, last_used)) = kept.as_mut() {
+            // The rule the pools follow: a connection idle for a while is pinged first.
+            if last_used.elapsed() >= PING_IF_IDLE_FOR && conn.ping().await.is_err() {
+                if let Some((mut conn, _)) = kept.take() {
+                    conn.close_on_drop();
+                }
+            }
+        }
+        if kept.is_none() {
+            *kept = Some((flusher.pool.acquire().await?, std::time::Instant::now()));
+        }
+        Ok(FlushConnection::Kept(kept))
     }
 
     /// Reads the whole governance state; limits `reuse` holds keep their counters.
@@ -288,6 +371,10 @@ impl Db {
     }
 
     pub async fn close(&self) {
+        if let Some(flusher) = &self.flusher {
+            flusher.kept.lock().await.take();
+            flusher.pool.close().await;
+        }
         if let Some(writer) = &self.writer {
             writer.close().await;
         }
