@@ -803,3 +803,44 @@ async fn the_postgres_flush_connection_is_kept_and_replaced_when_the_server_drop
     heimdall_db.close().await;
     db.drop_db().await;
 }
+
+/// On PostgreSQL a flush finds each counter row through the hash index on its id (one bucket
+/// page) rather than the primary key's B-tree.
+#[tokio::test]
+async fn postgres_flushes_find_counter_rows_through_hash_indexes() {
+    use heimdall::db::Db;
+    let Some(db) = TestDb::new(common::Backend::Postgres).await else {
+        return;
+    };
+    let heimdall_db = Db::connect(&db.url).await.unwrap();
+    heimdall_db.migrate().await.unwrap();
+    heimdall_db.close().await;
+    db.execute(
+        "insert into budgets (id, max_limit, reset_duration, current_usage, last_reset, \
+         created_at, updated_at) \
+         select gen_random_uuid()::text, 100, '1d', 0, 0, 0, 0 from generate_series(1, 2000); \
+         insert into rate_limits (id, token_max_limit, token_reset_duration, \
+         token_last_reset, request_last_reset, created_at, updated_at) \
+         select gen_random_uuid()::text, 100, '1h', 0, 0, 0, 0 from generate_series(1, 2000); \
+         analyze budgets; analyze rate_limits",
+    )
+    .await;
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    for table in ["budgets", "rate_limits"] {
+        let plan: Vec<String> = sqlx::query_scalar(&format!(
+            "explain (costs off) update {table} set usage_version = 1 \
+             from unnest('{{a,b,c}}'::text[]) as v(id) where {table}.id = v.id"
+        ))
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains(&format!("Index Scan using {table}_id_hash")),
+            "{table}: {plan}"
+        );
+    }
+    conn.close().await.unwrap();
+    db.drop_db().await;
+}

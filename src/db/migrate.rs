@@ -17,6 +17,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         "usage_flush",
         include_str!("../../migrations/postgres/0002_usage_flush.sql"),
     ),
+    (
+        3,
+        "counter_id_hash_indexes",
+        include_str!("../../migrations/postgres/0003_counter_id_hash_indexes.sql"),
+    ),
 ];
 const SQLITE: &[(i64, &str, &str)] = &[
     (
