@@ -470,17 +470,10 @@ async fn a_failed_one_round_trip_commit_changes_nothing_and_leaves_the_connectio
     db: &TestDb,
 ) {
     use heimdall::db::flush::{self, BudgetDelta, FlushWrites};
-    use heimdall::db::{Backend, Db};
+    use heimdall::db::Backend;
     use heimdall::engine::counter::FlushItem;
     use heimdall::engine::rollup::{RollupKey, RollupSums};
-    let heimdall_db = Db::connect(&db.url).await.unwrap();
-    heimdall_db.migrate().await.unwrap();
-    let id = uuid::Uuid::new_v4();
-    db.execute(&format!(
-        "insert into budgets (id, max_limit, reset_duration, current_usage, last_reset, \
-         created_at, updated_at) values ('{id}', 100, '1d', 0, 1000, 0, 0)"
-    ))
-    .await;
+    let (heimdall_db, id) = migrated_with_a_budget(db).await;
     db.execute(match heimdall_db.backend() {
         Backend::Sqlite => {
             "create trigger boom before insert on usage_rollups \
@@ -625,7 +618,6 @@ async fn replicas_adding_to_the_same_rollups_in_opposite_orders_both_commit(db: 
 /// with the rows inline).
 async fn flushed_values_arrive_exactly_on_both_statement_paths(db: &TestDb) {
     use heimdall::db::flush::{self, BudgetDelta, FlushWrites};
-    use heimdall::db::Db;
     use heimdall::engine::counter::FlushItem;
     use heimdall::engine::rollup::{RollupKey, RollupSums};
     const NAMES: [&str; 9] = [
@@ -639,14 +631,7 @@ async fn flushed_values_arrive_exactly_on_both_statement_paths(db: &TestDb) {
         "NULL",
         " spaced ",
     ];
-    let heimdall_db = Db::connect(&db.url).await.unwrap();
-    heimdall_db.migrate().await.unwrap();
-    let id = uuid::Uuid::new_v4();
-    db.execute(&format!(
-        "insert into budgets (id, max_limit, reset_duration, current_usage, last_reset, \
-         created_at, updated_at) values ('{id}', 100, '1d', 0, 1000, 0, 0)"
-    ))
-    .await;
+    let (heimdall_db, id) = migrated_with_a_budget(db).await;
     let key = uuid::Uuid::new_v4();
     let rollup = |bucket_start: i64, user_id: &str, n: i64| {
         let key = RollupKey {
@@ -767,12 +752,9 @@ async fn flushed_values_arrive_exactly_on_both_statement_paths(db: &TestDb) {
 #[tokio::test]
 async fn the_postgres_flush_connection_is_kept_and_replaced_when_the_server_drops_it() {
     use heimdall::db::flush::{self, FlushWrites};
-    use heimdall::db::Db;
-    let Some(db) = TestDb::new(common::Backend::Postgres).await else {
+    let Some((db, heimdall_db)) = migrated_postgres().await else {
         return;
     };
-    let heimdall_db = Db::connect(&db.url).await.unwrap();
-    heimdall_db.migrate().await.unwrap();
     let backend_pid = || async {
         let mut kept = heimdall_db.flush_connection().await.unwrap();
         let pid: i32 = sqlx::query_scalar("select pg_backend_pid()")
@@ -808,12 +790,9 @@ async fn the_postgres_flush_connection_is_kept_and_replaced_when_the_server_drop
 /// page) rather than the primary key's B-tree.
 #[tokio::test]
 async fn postgres_flushes_find_counter_rows_through_hash_indexes() {
-    use heimdall::db::Db;
-    let Some(db) = TestDb::new(common::Backend::Postgres).await else {
+    let Some((db, heimdall_db)) = migrated_postgres().await else {
         return;
     };
-    let heimdall_db = Db::connect(&db.url).await.unwrap();
-    heimdall_db.migrate().await.unwrap();
     heimdall_db.close().await;
     db.execute(
         "insert into budgets (id, max_limit, reset_duration, current_usage, last_reset, \
@@ -843,4 +822,26 @@ async fn postgres_flushes_find_counter_rows_through_hash_indexes() {
     }
     conn.close().await.unwrap();
     db.drop_db().await;
+}
+
+/// A fresh PostgreSQL database with Heimdall's schema, and a handle on it; `None` when the
+/// PostgreSQL tests are skipped (see [`TestDb::new`]).
+async fn migrated_postgres() -> Option<(TestDb, heimdall::db::Db)> {
+    let db = TestDb::new(common::Backend::Postgres).await?;
+    let heimdall_db = heimdall::db::Db::connect(&db.url).await.unwrap();
+    heimdall_db.migrate().await.unwrap();
+    Some((db, heimdall_db))
+}
+
+/// `db` migrated through a handle on it, with one budget (usage 0, window from 1000).
+async fn migrated_with_a_budget(db: &TestDb) -> (heimdall::db::Db, uuid::Uuid) {
+    let heimdall_db = heimdall::db::Db::connect(&db.url).await.unwrap();
+    heimdall_db.migrate().await.unwrap();
+    let id = uuid::Uuid::new_v4();
+    db.execute(&format!(
+        "insert into budgets (id, max_limit, reset_duration, current_usage, last_reset, \
+         created_at, updated_at) values ('{id}', 100, '1d', 0, 1000, 0, 0)"
+    ))
+    .await;
+    (heimdall_db, id)
 }
