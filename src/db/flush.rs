@@ -560,12 +560,14 @@ static POSTGRES_FLUSH: std::sync::LazyLock<String> = std::sync::LazyLock::new(||
              where id = 1 and $1 returning usage_version), \
          b as (update budgets set {BUDGET_SET}, \
                  usage_version = (select usage_version from clock) \
-             from unnest($2::text[], $3::bigint[], $4::bigint[]) as v(id, start, delta) \
+             from (select unnest($2::text[]) as id, unnest($3::bigint[]) as start, \
+                 unnest($4::bigint[]) as delta) as v \
              where budgets.id = v.id returning 1), \
          r as (update rate_limits set {RATE_LIMIT_SET}, \
                  usage_version = (select usage_version from clock) \
-             from unnest($5::text[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[]) \
-                 as v(id, ts, td, rs, rd) \
+             from (select unnest($5::text[]) as id, unnest($6::bigint[]) as ts, \
+                 unnest($7::bigint[]) as td, unnest($8::bigint[]) as rs, \
+                 unnest($9::bigint[]) as rd) as v \
              where rate_limits.id = v.id and (select count(*) from b) >= 0 returning 1), \
          u as (insert into usage_rollups (bucket_start, virtual_key_id, team_id, customer_id, \
                  user_id, provider, model, requests, tokens, cost) \
