@@ -151,6 +151,9 @@ pub fn writer_cache_mib(ack: crate::config::AckMode) -> u32 {
 
 const BUFFERED_WRITER_CACHE_MIB: u32 = 2;
 
+/// The longest a connection may take to hand out, a ping included.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// A pooled connection idle for this long is pinged before it is handed out; one in use
 /// more recently is not (a broken one fails its query, and the worker drops it).
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
@@ -197,7 +200,7 @@ impl Db {
             AnyPoolOptions::new()
                 .max_connections(size)
                 // Short, so that an unreachable database fails a flush (and /readyz) quickly.
-                .acquire_timeout(Duration::from_secs(3))
+                .acquire_timeout(ACQUIRE_TIMEOUT)
                 // A connection used within the last second is handed out as it is; one idle
                 // for longer is pinged first (sqlx pings on every acquire by default: a second
                 // round trip for every durable group commit).
@@ -295,8 +298,14 @@ impl Db {
         };
         let mut kept = flusher.kept.lock().await;
         if let Some((conn, last_used)) = kept.as_mut() {
-            // The rule the pools follow: a connection idle for a while is pinged first.
-            if last_used.elapsed() >= PING_IF_IDLE_FOR && conn.ping().await.is_err() {
+            // The rule the pools follow: a connection idle for a while is pinged first, within
+            // the time an acquire may take.
+            if last_used.elapsed() >= PING_IF_IDLE_FOR
+                && !matches!(
+                    tokio::time::timeout(ACQUIRE_TIMEOUT, conn.ping()).await,
+                    Ok(Ok(()))
+                )
+            {
                 if let Some((mut conn, _)) = kept.take() {
                     conn.close_on_drop();
                 }
