@@ -274,14 +274,10 @@ impl Db {
         Ok(self.writing_pool().begin().await?)
     }
 
-    /// A connection of the pool flushes write on, for a transaction the caller opens and ends
-    /// itself.
+    /// A connection of the writing pool, for a transaction the caller opens and ends itself
+    /// (the worker flushes through [`Db::flush_connection`]).
     pub async fn acquire_writer(&self) -> Result<PoolConnection<sqlx::Any>, DbError> {
-        let pool = match &self.flusher {
-            Some(flusher) => &flusher.pool,
-            None => self.writing_pool(),
-        };
-        Ok(pool.acquire().await?)
+        Ok(self.writing_pool().acquire().await?)
     }
 
     /// The connection for the worker's flushes. On PostgreSQL it is always the same one, kept
