@@ -91,7 +91,7 @@ pub async fn clock(c: &mut Conn) -> Result<(i64, i64), DbError> {
 }
 
 /// One statement of a flush and the text parameters it binds (PostgreSQL's only).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Statement {
     sql: String,
     params: Vec<String>,
@@ -234,25 +234,18 @@ fn budget_deltas_sql(
     deltas: &[BudgetDelta],
     out: &mut Vec<Statement>,
 ) {
-    for chunk in deltas.chunks(chunk_size(backend)) {
-        let rows: Vec<[Cell; 3]> = chunk
-            .iter()
-            .map(|d| {
-                [
-                    Cell::Id(d.id),
-                    Cell::Int(d.item.start),
-                    Cell::Int(d.item.delta),
-                ]
-            })
-            .collect();
-        let mut params = Vec::new();
-        let table = rows_table(backend, ["id", "start", "delta"], &rows, &mut params);
-        let sql = format!(
-            "update budgets set {BUDGET_SET}, usage_version = {version} \
-             from {table} where budgets.id = v.id"
-        );
-        out.push(Statement { sql, params });
-    }
+    let rows: Vec<[Cell; 3]> = deltas
+        .iter()
+        .map(|d| {
+            [
+                Cell::Id(d.id),
+                Cell::Int(d.item.start),
+                Cell::Int(d.item.delta),
+            ]
+        })
+        .collect();
+    let names = ["id", "start", "delta"];
+    counter_deltas_sql(backend, "budgets", BUDGET_SET, names, version, &rows, out);
 }
 
 /// The same for both dimensions of rate limits.
@@ -262,24 +255,46 @@ fn rate_limit_deltas_sql(
     deltas: &[RateLimitDelta],
     out: &mut Vec<Statement>,
 ) {
-    for chunk in deltas.chunks(chunk_size(backend)) {
-        let rows: Vec<[Cell; 5]> = chunk
-            .iter()
-            .map(|d| {
-                [
-                    Cell::Id(d.id),
-                    Cell::Int(d.tokens.start),
-                    Cell::Int(d.tokens.delta),
-                    Cell::Int(d.requests.start),
-                    Cell::Int(d.requests.delta),
-                ]
-            })
-            .collect();
+    let rows: Vec<[Cell; 5]> = deltas
+        .iter()
+        .map(|d| {
+            [
+                Cell::Id(d.id),
+                Cell::Int(d.tokens.start),
+                Cell::Int(d.tokens.delta),
+                Cell::Int(d.requests.start),
+                Cell::Int(d.requests.delta),
+            ]
+        })
+        .collect();
+    let names = ["id", "ts", "td", "rs", "rd"];
+    counter_deltas_sql(
+        backend,
+        "rate_limits",
+        RATE_LIMIT_SET,
+        names,
+        version,
+        &rows,
+        out,
+    );
+}
+
+/// `update {table} set {set}` from `rows`, tagged with `version`, in chunks.
+fn counter_deltas_sql<const N: usize>(
+    backend: Backend,
+    table: &str,
+    set: &str,
+    names: [&str; N],
+    version: &str,
+    rows: &[[Cell; N]],
+    out: &mut Vec<Statement>,
+) {
+    for chunk in rows.chunks(chunk_size(backend)) {
         let mut params = Vec::new();
-        let table = rows_table(backend, ["id", "ts", "td", "rs", "rd"], &rows, &mut params);
+        let v = rows_table(backend, names, chunk, &mut params);
         let sql = format!(
-            "update rate_limits set {RATE_LIMIT_SET}, usage_version = {version} from {table} \
-             where rate_limits.id = v.id"
+            "update {table} set {set}, usage_version = {version} from {v} \
+             where {table}.id = v.id"
         );
         out.push(Statement { sql, params });
     }
@@ -459,12 +474,12 @@ impl FlushWrites<'_> {
         !(self.budgets.is_empty() && self.rates.is_empty())
     }
 
-    /// The statements: window resets and usage deltas tagged with `version` (a number or an
-    /// expression), hourly rollups and idempotency keys.
     fn rows(&self) -> usize {
         self.budgets.len() + self.rates.len() + self.rollups.len() + self.keys.len()
     }
 
+    /// The statements: window resets and usage deltas tagged with `version` (a number or an
+    /// expression), hourly rollups and idempotency keys.
     fn statements(&self, backend: Backend, version: &str) -> Vec<Statement> {
         let mut statements = Vec::new();
         budget_deltas_sql(backend, version, self.budgets, &mut statements);
@@ -495,21 +510,15 @@ pub async fn commit_flush(
         return commit_prepared(c, writes).await;
     }
     let statements = writes.statements(backend, CURRENT_USAGE_VERSION);
+    let size: usize = statements.iter().map(|s| s.sql.len()).sum();
     // PostgreSQL's statements bind parameters, which a string of statements cannot.
-    if backend == Backend::Postgres
-        || statements.iter().map(|s| s.sql.len()).sum::<usize>() > ONE_ROUND_TRIP_MAX
-    {
+    if backend == Backend::Postgres || size > ONE_ROUND_TRIP_MAX {
         return commit_statement_by_statement(c, backend, writes.takes_version(), statements).await;
     }
-    let begin = match backend {
-        // Takes the write lock at once rather than on the first write.
-        Backend::Sqlite => "begin immediate",
-        Backend::Postgres => "begin",
-    };
-    let mut sql =
-        String::with_capacity(statements.iter().map(|s| s.sql.len() + 2).sum::<usize>() + 200);
-    sql.push_str(begin);
-    sql.push_str(";\n");
+    // SQLite's string: `begin immediate` takes the write lock at once rather than on the
+    // first write.
+    let mut sql = String::with_capacity(size + 2 * statements.len() + 200);
+    sql.push_str("begin immediate;\n");
     if writes.takes_version() {
         // The row lock is held until the commit, so versions become visible in order.
         sql.push_str(
@@ -522,8 +531,8 @@ pub async fn commit_flush(
         sql.push_str(";\n");
     }
     sql.push_str("commit");
-    // A string without arguments runs every statement of it on both backends; the only row
-    // any of them returns is the version.
+    // A string without arguments runs every statement of it; the only row any of them
+    // returns is the version.
     match sqlx::Executor::fetch_all(&mut *c, sql.as_str()).await {
         Ok(rows) => match rows.first() {
             Some(row) => Ok(row.try_get(0)?),
@@ -585,7 +594,7 @@ static POSTGRES_FLUSH: std::sync::LazyLock<String> = std::sync::LazyLock::new(||
 });
 
 /// One column of a flush as a PostgreSQL array literal (text, bound as a parameter and cast
-/// by the statement). Every element is quoted, so no value needs to look like anything.
+/// by the statement). Every text element is quoted, so no value needs to look like anything.
 struct ArrayText(String);
 
 impl ArrayText {
