@@ -62,6 +62,12 @@ impl App {
         )
         .await?;
         db.migrate().await?;
+        // What durable commits journaled before a crash (this process's last run or any
+        // replica's) is in the tables before they are loaded.
+        let folded = crate::db::journal::fold(&db, 0).await?;
+        if folded.entries > 0 {
+            tracing::info!(entries = folded.entries, "usage journal folded");
+        }
         let mut conn = db.acquire().await?;
         let (config_version, usage_version) = flush::clock(&mut conn).await?;
         let keys = flush::load_dedup_keys(&mut conn, now_micros()).await?;
@@ -90,6 +96,7 @@ impl App {
             db,
             admin_writes: Arc::new(tokio::sync::Mutex::new(())),
             flushing: Arc::new(tokio::sync::Mutex::new(())),
+            journal: Arc::new(crate::worker::Journal::default()),
             dedup: Arc::new(dedup),
             rollups: Arc::new(Rollups::default()),
             versions: Arc::new(versions),

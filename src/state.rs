@@ -38,6 +38,8 @@ pub struct SharedState {
     /// Held for the whole of a flush: a counter's item must be written before another flush
     /// takes it (the worker is the only flusher in service; tests and tools flush too).
     pub flushing: Arc<tokio::sync::Mutex<()>>,
+    /// This process's entries in the usage journal.
+    pub journal: Arc<crate::worker::Journal>,
     /// Idempotency keys of recent usage updates.
     pub dedup: Arc<Dedup>,
     /// Hourly usage not yet flushed.
@@ -70,6 +72,7 @@ impl SharedState {
             db_up: Arc::clone(&self.db_up),
             admin_writes: Arc::clone(&self.admin_writes),
             flushing: Arc::clone(&self.flushing),
+            journal: Arc::clone(&self.journal),
             metrics: Arc::clone(&self.metrics),
         }
     }

@@ -57,6 +57,7 @@ const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ("heimdall_usage_cost_nanodollars_total", "counter", "Cost charged by usage updates in nano-dollars (1e-9 USD), by provider and model."),
     ("heimdall_flush_duration_seconds", "histogram", "Time of one flush to the database, by kind: full (the periodic tick) or durable (woken by ack = durable writers)."),
     ("heimdall_flush_rows_total", "counter", "Rows written by flushes, by table."),
+    ("heimdall_journal_entries_total", "counter", "Usage journal entries (PostgreSQL, ack = durable) by event: appended by this process's group commits, folded into the tables by this process's ticks (whoever wrote them)."),
     ("heimdall_flush_failures_total", "counter", "Flushes that failed (the database was unreachable or refused the write)."),
     ("heimdall_pending_deltas", "gauge", "Counters holding usage not yet written to the database."),
     ("heimdall_database_up", "gauge", "1 when the last flush reached the database, 0 otherwise."),
@@ -82,6 +83,8 @@ pub struct Metrics {
     pub rows_rate_limits: Counter,
     pub rows_rollups: Counter,
     pub rows_dedup_keys: Counter,
+    journal_appended: Counter,
+    journal_folded: Counter,
     pending: Gauge,
     database_up: Gauge,
     entities: Vec<(&'static str, Gauge)>,
@@ -158,6 +161,7 @@ impl Metrics {
         };
         let updates = "heimdall_usage_updates_total";
         let rows = "heimdall_flush_rows_total";
+        let journal = "heimdall_journal_entries_total";
         let flush = "heimdall_flush_duration_seconds";
         let metrics = Metrics {
             http: RwLock::default(),
@@ -176,6 +180,8 @@ impl Metrics {
             rows_rate_limits: counter(rows, &[("table", "rate_limits")]),
             rows_rollups: counter(rows, &[("table", "usage_rollups")]),
             rows_dedup_keys: counter(rows, &[("table", "dedup_keys")]),
+            journal_appended: counter(journal, &[("event", "appended")]),
+            journal_folded: counter(journal, &[("event", "folded")]),
             pending: gauge("heimdall_pending_deltas", &[]),
             database_up: gauge("heimdall_database_up", &[]),
             entities: ENTITY_KINDS
@@ -269,6 +275,10 @@ impl Metrics {
         self.rows_rollups.increment(rows.rollups_written as u64);
         self.rows_dedup_keys
             .increment(rows.dedup_keys_written as u64);
+        self.journal_appended
+            .increment(rows.journal_entries_appended as u64);
+        self.journal_folded
+            .increment(rows.journal_entries_folded as u64);
     }
 
     /// Records one HTTP request.

@@ -3,7 +3,7 @@
 //! configuration when another replica changed it, and persists idempotency keys and hourly
 //! rollups. `flush_once` is the whole of one tick; the loop only schedules it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::db::flush::{self, BudgetDelta, RateLimitDelta};
-use crate::db::{Db, DbError};
+use crate::db::journal::{self, Delta};
+use crate::db::{Backend, Db, DbError};
 use crate::domain::time::now_micros;
 use crate::domain::Micros;
 use crate::engine::counter::FlushItem;
@@ -112,6 +113,10 @@ pub struct FlushReport {
     pub rollups_written: usize,
     pub dedup_keys_written: usize,
     pub counters_read_back: usize,
+    /// Journal entries this flush appended (at most one per group commit).
+    pub journal_entries_appended: usize,
+    /// Journal entries this tick folded into the tables (any process's).
+    pub journal_entries_folded: usize,
     pub reloaded: bool,
 }
 
@@ -121,7 +126,100 @@ impl FlushReport {
         self.rate_limits_written += other.rate_limits_written;
         self.rollups_written += other.rollups_written;
         self.dedup_keys_written += other.dedup_keys_written;
+        self.journal_entries_appended += other.journal_entries_appended;
     }
+}
+
+/// Which counter of a limit a journaled delta is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Dim {
+    Budget,
+    Tokens,
+    Requests,
+}
+
+/// Entries by id, each with the deltas it holds.
+type Unfolded = BTreeMap<i64, Vec<(Dim, Uuid, Delta)>>;
+
+/// This process's side of the usage journal ([`journal`]): its writer id, and its entries
+/// that no fold has taken yet with the counter deltas each holds. Memory counts those deltas
+/// as written while the tables do not hold them yet, so a read-back adds them to the totals
+/// it reads.
+#[derive(Debug)]
+pub struct Journal {
+    pub writer: i64,
+    unfolded: std::sync::Mutex<Unfolded>,
+}
+
+impl Default for Journal {
+    fn default() -> Self {
+        Journal {
+            // Positive and never 0 (0 is nobody: a fold at startup).
+            writer: (rand::random::<u64>() >> 1).max(1) as i64,
+            unfolded: std::sync::Mutex::default(),
+        }
+    }
+}
+
+impl Journal {
+    fn entries(&self) -> std::sync::MutexGuard<'_, Unfolded> {
+        self.unfolded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn appended(&self, id: i64, items: &Items) {
+        let mut deltas = Vec::with_capacity(items.budgets.len() + 2 * items.rates.len());
+        for (b, item) in &items.budgets {
+            deltas.push((Dim::Budget, b.id, (item.start, item.delta)));
+        }
+        for (r, t, q) in &items.rates {
+            deltas.push((Dim::Tokens, r.id, (t.start, t.delta)));
+            deltas.push((Dim::Requests, r.id, (q.start, q.delta)));
+        }
+        self.entries().insert(id, deltas);
+    }
+
+    fn folded(&self, ids: &[i64]) {
+        let mut entries = self.entries();
+        for id in ids {
+            entries.remove(id);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries().is_empty()
+    }
+
+    /// Keeps the entries still `unfolded` in the database (others folded the rest) and
+    /// returns their deltas, merged per counter.
+    fn still_unfolded(&self, unfolded: &[i64]) -> HashMap<(Dim, Uuid), Delta> {
+        let mut entries = self.entries();
+        entries.retain(|id, _| unfolded.binary_search(id).is_ok());
+        let mut merged: HashMap<(Dim, Uuid), Delta> = HashMap::new();
+        for (dim, id, delta) in entries.values().flatten() {
+            merged
+                .entry((*dim, *id))
+                .and_modify(|m| *m = journal::merge(*m, *delta))
+                .or_insert(*delta);
+        }
+        merged
+    }
+}
+
+/// The largest group commit (counters, rollups and keys) that goes to the journal; a larger
+/// one is written to the tables directly, which is cheaper than writing it twice.
+const JOURNAL_MAX_ROWS: usize = 4096;
+
+/// Where a flush writes, on a backend with the journal (elsewhere: the tables).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Tables,
+    /// The journal, unless the flush is larger than [`JOURNAL_MAX_ROWS`].
+    Journal,
+    /// The journal whatever the size: while this process's fold holds the clock row, a write
+    /// to the tables would wait for it.
+    JournalOnly,
 }
 
 /// Everything a flush touches.
@@ -139,6 +237,7 @@ pub struct Flusher {
     pub admin_writes: Arc<tokio::sync::Mutex<()>>,
     /// Held for the whole of a flush: two at once would both write a counter's delta.
     pub flushing: Arc<tokio::sync::Mutex<()>>,
+    pub journal: Arc<Journal>,
     pub metrics: Arc<crate::telemetry::Metrics>,
 }
 
@@ -154,12 +253,12 @@ impl Flusher {
     }
 
     async fn measured(&self, full: bool) -> Result<FlushReport, DbError> {
-        let _one_at_a_time = self.flushing.lock().await;
         let started = std::time::Instant::now();
         let result = if full {
             self.full_tick().await
         } else {
-            self.write_changed().await
+            let _one_at_a_time = self.flushing.lock().await;
+            self.write_changed(Target::Journal).await
         };
         self.db_up.store(result.is_ok(), Ordering::Release);
         match &result {
@@ -173,8 +272,9 @@ impl Flusher {
     }
 
     /// Writes what changed since the last flush: the counters marked dirty, rollups and
-    /// idempotency keys; then tells durable writers what it covered.
-    async fn write_changed(&self) -> Result<FlushReport, DbError> {
+    /// idempotency keys (to the journal, for a durable group commit); then tells durable
+    /// writers what it covered. Called with `flushing` held.
+    async fn write_changed(&self, target: Target) -> Result<FlushReport, DbError> {
         let now = now_micros();
         // Everything applied up to here is in the counters read below.
         let covered = self.signal.seq.load(Ordering::SeqCst);
@@ -203,7 +303,7 @@ impl Flusher {
         let mut items = Items::collect(budgets.iter(), rates.iter(), now);
         items.rollups = self.rollups.drain();
         items.keys = self.dedup.take_unsaved();
-        let report = self.write_items(items).await?;
+        let report = self.write_items(items, target).await?;
         self.signal.durable.send_if_modified(|done| {
             let advanced = covered > *done;
             *done = (*done).max(covered);
@@ -213,10 +313,67 @@ impl Flusher {
     }
 
     /// One full tick: what changed; then every counter, in slices, for windows that ended
-    /// without traffic and deltas a failed flush left behind; then the read-back of other
-    /// replicas' usage and a reload when the configuration changed elsewhere.
+    /// without traffic and deltas a failed flush left behind; then the journal's entries
+    /// folded into the tables (while durable group commits go on appending); then the
+    /// read-back of other replicas' usage and a reload when the configuration changed
+    /// elsewhere.
     async fn full_tick(&self) -> Result<FlushReport, DbError> {
-        let mut report = self.write_changed().await?;
+        let mut report = {
+            let _one_at_a_time = self.flushing.lock().await;
+            self.write_everything().await?
+        };
+        let folded = self.fold().await?;
+        self.journal.folded(&folded.own);
+        if !folded.foreign {
+            // Only deltas memory counts already: no need to read them back.
+            for version in &folded.versions {
+                self.versions.took(*version);
+            }
+        }
+        report.journal_entries_folded = folded.entries;
+        let _one_at_a_time = self.flushing.lock().await;
+        self.read_back(&mut report).await?;
+        Ok(report)
+    }
+
+    /// Folds the journal, serving durable writers meanwhile (the worker's loop, which would
+    /// serve them, is running this tick): between batches, and as they come during one, to
+    /// the journal only (the batch's transaction holds the clock row). During a batch, only
+    /// if no other flush of this process is running: one waiting for the clock row would
+    /// wait for this batch, which would wait for it.
+    async fn fold(&self) -> Result<journal::Folded, DbError> {
+        let mut fold = journal::Fold::start(&self.db, self.journal.writer).await?;
+        loop {
+            if self.signal.waiting() {
+                let _one_at_a_time = self.flushing.lock().await;
+                self.serve_durable_writers(Target::Journal).await?;
+            }
+            let more = {
+                let step = fold.next(&self.db);
+                tokio::pin!(step);
+                loop {
+                    tokio::select! {
+                        more = &mut step => break more?,
+                        () = self.signal.wake.notified() => {
+                            if !self.signal.waiting() {
+                                continue;
+                            }
+                            if let Ok(_one_at_a_time) = self.flushing.try_lock() {
+                                self.serve_durable_writers(Target::JournalOnly).await?;
+                            }
+                        }
+                    }
+                }
+            };
+            if !more {
+                return Ok(fold.folded);
+            }
+        }
+    }
+
+    /// What changed, then every counter's window and leftover delta, in slices.
+    async fn write_everything(&self) -> Result<FlushReport, DbError> {
+        let mut report = self.write_changed(Target::Tables).await?;
         let snapshot = self.store.snapshot();
         let budgets: Vec<&Arc<Budget>> = snapshot.budgets().collect();
         let rates: Vec<&Arc<RateLimit>> = snapshot.rate_limits().collect();
@@ -231,8 +388,12 @@ impl Flusher {
         let mut found = Items::default();
         for (budgets, rates) in slices {
             if self.signal.waiting() {
-                report.add(&self.write_items(std::mem::take(&mut found)).await?);
-                self.serve_durable_writers().await?;
+                report.add(
+                    &self
+                        .write_items(std::mem::take(&mut found), Target::Tables)
+                        .await?,
+                );
+                self.serve_durable_writers(Target::Journal).await?;
             }
             found.append(Items::collect(
                 budgets.iter().copied(),
@@ -240,10 +401,24 @@ impl Flusher {
                 now_micros(),
             ));
         }
-        report.add(&self.write_items(found).await?);
+        report.add(&self.write_items(found, Target::Tables).await?);
+        Ok(report)
+    }
 
+    /// Reads back what other replicas wrote since the last read-back, and reloads the
+    /// configuration when another replica changed it. One snapshot (repeatable read) holds
+    /// the totals and which of this process's journal entries are still unfolded: their
+    /// deltas, which memory counts, are added to the totals read.
+    async fn read_back(&self, report: &mut FlushReport) -> Result<(), DbError> {
+        let snapshot = self.store.snapshot();
         let mut conn = self.db.acquire().await?;
-        let (config_version, usage_version) = flush::clock(&mut conn).await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        if self.db.backend() == Backend::Postgres {
+            sqlx::query("set transaction isolation level repeatable read")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let (config_version, usage_version) = flush::clock(&mut tx).await?;
         let seen_usage = self.versions.usage.load(Ordering::Acquire);
         // When every usage version since the last read-back was taken by this process's own
         // flushes (durable group commits included), memory already holds every total: nothing
@@ -251,30 +426,48 @@ impl Flusher {
         // write of ours may hide another replica's in between).
         let only_own = self.versions.only_own(seen_usage, usage_version);
         if usage_version > seen_usage && !only_own {
-            let budget_totals = flush::budgets_since(&mut conn, seen_usage).await?;
-            let rate_totals = flush::rate_limits_since(&mut conn, seen_usage).await?;
+            let budget_totals = flush::budgets_since(&mut tx, seen_usage).await?;
+            let rate_totals = flush::rate_limits_since(&mut tx, seen_usage).await?;
+            let unfolded = if self.journal.is_empty() {
+                HashMap::new()
+            } else {
+                let mut ids = journal::unfolded(&mut tx, self.journal.writer).await?;
+                ids.sort_unstable();
+                self.journal.still_unfolded(&ids)
+            };
+            // `(usage, last_reset)` read, with this process's unfolded deltas applied.
+            let total = |dim: Dim, id: Uuid, used: i64, start: Micros| -> (i64, Micros) {
+                let (start, used) = match unfolded.get(&(dim, id)) {
+                    Some(delta) => journal::apply((start, used), *delta),
+                    None => (start, used),
+                };
+                (used, start)
+            };
             let by_id: HashMap<Uuid, &Arc<Budget>> =
                 snapshot.budgets().map(|b| (b.id, b)).collect();
             for t in &budget_totals {
                 if let Some(b) = by_id.get(&t.id) {
-                    b.counter.absorb(&b.rule, t.used, t.last_reset);
+                    let (used, start) = total(Dim::Budget, t.id, t.used, t.last_reset);
+                    b.counter.absorb(&b.rule, used, start);
                 }
             }
             let by_id: HashMap<Uuid, &Arc<RateLimit>> =
                 snapshot.rate_limits().map(|r| (r.id, r)).collect();
             for t in &rate_totals {
                 if let Some(r) = by_id.get(&t.id) {
-                    r.tokens.absorb(r.token_rule(), t.tokens.0, t.tokens.1);
-                    r.requests
-                        .absorb(r.request_rule(), t.requests.0, t.requests.1);
+                    let (used, start) = total(Dim::Tokens, t.id, t.tokens.0, t.tokens.1);
+                    r.tokens.absorb(r.token_rule(), used, start);
+                    let (used, start) = total(Dim::Requests, t.id, t.requests.0, t.requests.1);
+                    r.requests.absorb(r.request_rule(), used, start);
                 }
             }
             report.counters_read_back = budget_totals.len() + rate_totals.len();
         }
+        tx.commit().await?;
+        drop(conn);
         self.versions
             .usage
             .fetch_max(usage_version, Ordering::AcqRel);
-        drop(conn);
         if config_version != self.versions.config.load(Ordering::Acquire) {
             let _writes = self.admin_writes.lock().await;
             let current = self.store.snapshot();
@@ -285,22 +478,23 @@ impl Flusher {
                 .store(config_version, Ordering::Release);
             report.reloaded = true;
         }
-        Ok(report)
+        Ok(())
     }
 
-    /// A durable group commit in the middle of a full tick, for writers that wait.
-    async fn serve_durable_writers(&self) -> Result<(), DbError> {
+    /// A durable group commit in the middle of a full tick, for writers that wait (the
+    /// caller holds `flushing`).
+    async fn serve_durable_writers(&self, target: Target) -> Result<(), DbError> {
         let started = std::time::Instant::now();
-        let changed = self.write_changed().await?;
+        let changed = self.write_changed(target).await?;
         self.metrics.flushed(true, started.elapsed(), &changed);
         Ok(())
     }
 
-    /// Writes `items` in one transaction and, once it committed, takes their deltas off the
-    /// counters' pending usage. On failure rollups and keys go back to be written next time
-    /// (counter deltas simply stay pending).
-    async fn write_items(&self, items: Items) -> Result<FlushReport, DbError> {
-        let report = FlushReport {
+    /// Writes `items` in one transaction (as one journal entry, as `target` says) and, once it
+    /// committed, takes their deltas off the counters' pending usage. On failure rollups and
+    /// keys go back to be written next time (counter deltas simply stay pending).
+    async fn write_items(&self, items: Items, target: Target) -> Result<FlushReport, DbError> {
+        let mut report = FlushReport {
             budgets_written: items.budgets.len(),
             rate_limits_written: items.rates.len(),
             rollups_written: items.rollups.len(),
@@ -333,7 +527,24 @@ impl Flusher {
             rollups: &items.rollups,
             keys: &items.keys,
         };
-        match write(&self.db, writes).await {
+        let journaled = journal::used(self.db.backend())
+            && match target {
+                Target::Tables => false,
+                Target::Journal => writes.rows() <= JOURNAL_MAX_ROWS,
+                Target::JournalOnly => true,
+            };
+        report.journal_entries_appended = usize::from(journaled);
+        let written = if journaled {
+            append(&self.db, self.journal.writer, writes)
+                .await
+                .map(|id| {
+                    self.journal.appended(id, &items);
+                    0
+                })
+        } else {
+            write(&self.db, writes).await
+        };
+        match written {
             Ok(version) => {
                 if version > 0 {
                     self.versions.took(version);
@@ -440,6 +651,16 @@ async fn write(db: &Db, writes: flush::FlushWrites<'_>) -> Result<i64, DbError> 
         conn.discard();
     }
     written
+}
+
+/// Appends one group commit to the journal; the entry's id.
+async fn append(db: &Db, writer: i64, writes: flush::FlushWrites<'_>) -> Result<i64, DbError> {
+    let mut conn = db.flush_connection().await?;
+    let appended = journal::append(conn.conn(), writer, &writes).await;
+    if appended.is_err() {
+        conn.discard();
+    }
+    appended
 }
 
 /// Longest wait between retries while the database is unreachable.

@@ -22,6 +22,7 @@ const SERIES: &[&str] = &[
     "heimdall_flush_duration_seconds",
     "heimdall_flush_rows_total",
     "heimdall_flush_failures_total",
+    "heimdall_journal_entries_total",
     "heimdall_pending_deltas",
     "heimdall_database_up",
     "heimdall_entities",

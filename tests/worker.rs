@@ -16,6 +16,7 @@ on_both_backends!(
     a_full_tick_sweeps_every_slice_of_counters,
     durable_commits_between_sweep_slices_keep_every_total_exact,
     durable_rollups_are_committed_before_the_acknowledgement,
+    a_durable_idempotency_key_holds_for_a_process_started_after_a_crash,
     a_failed_one_round_trip_commit_changes_nothing_and_leaves_the_connection_clean,
     replicas_adding_to_the_same_rollups_in_opposite_orders_both_commit,
     flushed_values_arrive_exactly_on_both_statement_paths,
@@ -353,9 +354,10 @@ async fn a_full_tick_sweeps_every_slice_of_counters(db: &TestDb) {
     app.stop().await;
 }
 
-/// With `ack = "durable"`, group commits run between the slices of a full tick's sweep. Under
-/// concurrent durable usage and back-to-back full ticks over several slices of limits, every
-/// acknowledged update is in the database exactly once, before any final flush.
+/// With `ack = "durable"`, group commits run between the slices of a full tick's sweep (and,
+/// on PostgreSQL, during its fold of the journal). Under concurrent durable usage and
+/// back-to-back full ticks over several slices of limits, every acknowledged update is in the
+/// database exactly once after the next tick, before any final flush.
 async fn durable_commits_between_sweep_slices_keep_every_total_exact(db: &TestDb) {
     const USERS: usize = 2_500;
     const WRITERS: usize = 8;
@@ -400,6 +402,9 @@ async fn durable_commits_between_sweep_slices_keep_every_total_exact(db: &TestDb
     }
     done.store(true, std::sync::atomic::Ordering::Release);
     assert!(ticks.await.unwrap() > 0);
+    // The last group commits' journal entries (PostgreSQL) are folded by the next tick.
+    app.flush().await;
+    assert_eq!(db.journal_entries().await, 0);
     let acknowledged = (WRITERS * EACH) as i64 * 500_000_000;
     assert_eq!(
         db.scalar("select sum(b.current_usage) from budgets b join users u on u.budget_id = b.id")
@@ -437,7 +442,7 @@ async fn durable_rollups_are_committed_before_the_acknowledgement(db: &TestDb) {
     config.ack = heimdall::config::AckMode::Durable;
     // No full tick during the test: only durable group commits write.
     config.flush_interval = std::time::Duration::from_secs(3600);
-    let app = TestApp::start(config).await;
+    let app = TestApp::start(config.clone()).await;
     let (value, _) = hierarchy(&app).await;
     for i in 0..30 {
         let user = format!("u{}", i % 4);
@@ -447,6 +452,17 @@ async fn durable_rollups_are_committed_before_the_acknowledgement(db: &TestDb) {
         )
         .await;
     }
+    // Another process starting on the database now (as after a crash) finds every
+    // acknowledged update's rollup: in the table, or (PostgreSQL) in journal entries it folds
+    // before it loads. The first app never flushed them itself.
+    if db.is_postgres() {
+        assert!(
+            db.journal_entries().await > 0,
+            "the group commits were journaled"
+        );
+    }
+    let other = TestApp::start(config).await;
+    assert_eq!(db.journal_entries().await, 0);
     assert_eq!(
         db.scalar("select coalesce(sum(requests), 0) from usage_rollups")
             .await,
@@ -458,7 +474,31 @@ async fn durable_rollups_are_committed_before_the_acknowledgement(db: &TestDb) {
         4,
         "one row per user"
     );
-    assert_eq!(report_totals(&app).await, (4, 30, 300));
+    assert_eq!(report_totals(&other).await, (4, 30, 300));
+    other.stop().await;
+    app.stop().await;
+}
+
+/// A retry of a durably acknowledged update, sent to a process that started after the one
+/// that acknowledged it crashed (here: started beside it, as the first never flushed), is a
+/// duplicate: the new process folds the journal (PostgreSQL) before it loads the keys.
+async fn a_durable_idempotency_key_holds_for_a_process_started_after_a_crash(db: &TestDb) {
+    let mut config = config_for(db);
+    config.ack = heimdall::config::AckMode::Durable;
+    config.flush_interval = std::time::Duration::from_secs(3600);
+    let app = TestApp::start(config.clone()).await;
+    let (value, _) = hierarchy(&app).await;
+    let update = json!({"virtual_key": value, "tokens_used": 10, "request_id": "retry-me"});
+    assert_eq!(usage(&app, update.clone()).await["duplicate"], false);
+    if db.is_postgres() {
+        assert!(
+            db.journal_entries().await > 0,
+            "the key went to the journal"
+        );
+    }
+    let other = TestApp::start(config).await;
+    assert_eq!(usage(&other, update).await["duplicate"], true);
+    other.stop().await;
     app.stop().await;
 }
 

@@ -338,11 +338,11 @@ pub async fn rate_limits_since(c: &mut Conn, since: i64) -> Result<Vec<RateLimit
         .collect()
 }
 
-fn split_key(key: DedupKey) -> (i64, i64) {
+pub(super) fn split_key(key: DedupKey) -> (i64, i64) {
     ((key >> 64) as u64 as i64, key as u64 as i64)
 }
 
-fn join_key(hi: i64, lo: i64) -> DedupKey {
+pub(super) fn join_key(hi: i64, lo: i64) -> DedupKey {
     (u128::from(hi as u64) << 64) | u128::from(lo as u64)
 }
 
@@ -474,7 +474,7 @@ impl FlushWrites<'_> {
         !(self.budgets.is_empty() && self.rates.is_empty())
     }
 
-    fn rows(&self) -> usize {
+    pub fn rows(&self) -> usize {
         self.budgets.len() + self.rates.len() + self.rollups.len() + self.keys.len()
     }
 
@@ -551,7 +551,7 @@ pub async fn commit_flush(
 /// The most rows (counters, rollups and idempotency keys together) a PostgreSQL flush sends
 /// as [`POSTGRES_FLUSH`]. Its plan is made once for a handful of rows (index lookups); a
 /// larger flush goes as SQL of its own, planned for its size (hash joins).
-const PREPARED_MAX_ROWS: usize = 4096;
+pub const PREPARED_MAX_ROWS: usize = 4096;
 
 /// A whole flush on PostgreSQL as one statement, prepared once per connection: the rows go
 /// as array parameters, so a durable group commit costs neither parsing kilobytes of
@@ -699,21 +699,54 @@ async fn commit_statement_by_statement(
     statements: Vec<Statement>,
 ) -> Result<i64, DbError> {
     let mut tx = sqlx::Connection::begin(&mut *c).await?;
+    let version = run_statements(&mut tx, backend, takes_version, statements).await?;
+    tx.commit().await?;
+    Ok(version)
+}
+
+/// A flush's statements, made ahead of the transaction that runs them (the journal's fold
+/// makes them off the async runtime: tens of thousands of rows take milliseconds).
+#[derive(Debug)]
+pub(super) struct Prepared {
+    takes_version: bool,
+    statements: Vec<Statement>,
+}
+
+impl Prepared {
+    pub(super) fn new(backend: Backend, writes: FlushWrites<'_>) -> Prepared {
+        Prepared {
+            takes_version: writes.takes_version(),
+            statements: writes.statements(backend, CURRENT_USAGE_VERSION),
+        }
+    }
+
+    /// Runs inside the transaction the caller holds open on `c` (the journal's fold deletes
+    /// the entries it writes in the same transaction); the usage version it took.
+    pub(super) async fn run(self, c: &mut Conn, backend: Backend) -> Result<i64, DbError> {
+        run_statements(c, backend, self.takes_version, self.statements).await
+    }
+}
+
+async fn run_statements(
+    c: &mut Conn,
+    backend: Backend,
+    takes_version: bool,
+    statements: Vec<Statement>,
+) -> Result<i64, DbError> {
     if backend == Backend::Postgres {
-        sqlx::query(LARGE_FLUSH_WORK_MEM).execute(&mut *tx).await?;
+        sqlx::query(LARGE_FLUSH_WORK_MEM).execute(&mut *c).await?;
     }
     let mut version = 0;
     if takes_version {
-        version = next_usage_version(&mut tx).await?;
+        version = next_usage_version(&mut *c).await?;
     }
     for statement in statements {
         let mut query = sqlx::query(&statement.sql).persistent(false);
         for param in statement.params {
             query = query.bind(param);
         }
-        query.execute(&mut *tx).await?;
+        query.execute(&mut *c).await?;
     }
-    tx.commit().await?;
     Ok(version)
 }
 

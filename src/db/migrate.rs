@@ -22,6 +22,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         "counter_id_hash_indexes",
         include_str!("../../migrations/postgres/0003_counter_id_hash_indexes.sql"),
     ),
+    (
+        4,
+        "usage_journal",
+        include_str!("../../migrations/postgres/0004_usage_journal.sql"),
+    ),
 ];
 const SQLITE: &[(i64, &str, &str)] = &[
     (

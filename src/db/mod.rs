@@ -2,6 +2,7 @@
 //! scheme), the embedded migrations of each, and the queries, one small function each.
 
 pub mod flush;
+pub mod journal;
 mod load;
 mod migrate;
 pub mod report;

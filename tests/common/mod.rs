@@ -102,6 +102,19 @@ impl TestDb {
         value
     }
 
+    pub fn is_postgres(&self) -> bool {
+        self.url.starts_with("postgres")
+    }
+
+    /// Entries in the usage journal not yet folded (PostgreSQL; SQLite has no journal).
+    pub async fn journal_entries(&self) -> i64 {
+        if self.is_postgres() {
+            self.scalar("select count(*) from usage_journal").await
+        } else {
+            0
+        }
+    }
+
     /// Runs SQL against the test database directly (to arrange state a test needs).
     pub async fn execute(&self, sql: &str) {
         sqlx::any::install_default_drivers();

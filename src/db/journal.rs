@@ -1,0 +1,484 @@
+//! The usage journal (PostgreSQL): a durable group commit appends one row holding everything
+//! it covers (counter deltas, rollups, idempotency keys), and full ticks fold the rows into
+//! the tables.
+//!
+//! A group commit that updated every counter, rollup and key it covered cost the database a
+//! few hundred row updates, serialised on the clock row; one appended row costs one insert
+//! and the log flush. Folding can be deferred and batched because a counter delta commutes:
+//! applying `(start, delta)` to a row keeps the later of the two windows and adds the deltas
+//! of that window (see [`apply`]), so deltas from any number of commits and replicas fold in
+//! any order to the same totals, and merge into one update per counter. Whichever process
+//! folds an entry deletes it in the transaction that writes it, so each entry is folded
+//! exactly once, whether by its writer, another replica, or a process starting up after a
+//! crash.
+//!
+//! SQLite does without: its one writer would be the fold's while it runs, so durable commits
+//! would wait for folds (measured: p99 ~100 ms, against 12-17 ms writing the tables directly).
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::flush::{self, BudgetDelta, FlushWrites, RateLimitDelta};
+use super::{Backend, Conn, Db, DbError};
+use crate::domain::Micros;
+use crate::engine::counter::FlushItem;
+use crate::engine::dedup::DedupKey;
+use crate::engine::rollup::{RollupKey, RollupSums};
+
+/// The format of entries this build writes; entries of another format are refused by folds.
+const FORMAT: u32 = 1;
+
+/// One rollup row of an entry: bucket, key, team, customer, user, provider, model,
+/// requests, tokens, cost.
+type RollupRow = (
+    Micros,
+    Option<Uuid>,
+    Option<Uuid>,
+    Option<Uuid>,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    i64,
+);
+
+/// One group commit, as stored (JSON).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Entry {
+    v: u32,
+    /// Budgets: id, window start, delta.
+    #[serde(default)]
+    b: Vec<(Uuid, Micros, i64)>,
+    /// Rate limits: id, tokens' window start and delta, requests' window start and delta.
+    #[serde(default)]
+    r: Vec<(Uuid, Micros, i64, Micros, i64)>,
+    #[serde(default)]
+    u: Vec<RollupRow>,
+    /// Idempotency keys: the two halves of the key, expiry.
+    #[serde(default)]
+    k: Vec<(i64, i64, Micros)>,
+}
+
+impl Entry {
+    fn of(writes: &FlushWrites<'_>) -> Entry {
+        Entry {
+            v: FORMAT,
+            b: writes
+                .budgets
+                .iter()
+                .map(|d| (d.id, d.item.start, d.item.delta))
+                .collect(),
+            r: writes
+                .rates
+                .iter()
+                .map(|d| {
+                    (
+                        d.id,
+                        d.tokens.start,
+                        d.tokens.delta,
+                        d.requests.start,
+                        d.requests.delta,
+                    )
+                })
+                .collect(),
+            u: writes
+                .rollups
+                .iter()
+                .map(|(k, s)| {
+                    (
+                        k.bucket_start,
+                        k.virtual_key_id,
+                        k.team_id,
+                        k.customer_id,
+                        k.user_id.clone(),
+                        k.provider.clone(),
+                        k.model.clone(),
+                        s.requests,
+                        s.tokens,
+                        s.cost,
+                    )
+                })
+                .collect(),
+            k: writes
+                .keys
+                .iter()
+                .map(|(key, expires)| {
+                    let (hi, lo) = flush::split_key(*key);
+                    (hi, lo, *expires)
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A counter delta: the window it belongs to and the amount. (`FlushItem` without the
+/// reset flag, which the database infers.)
+pub type Delta = (Micros, i64);
+
+/// A row `(last_reset, usage)` after taking `delta`, as the flush's SQL does it: a newer
+/// window replaces the row's, the same window adds, an older one is dropped.
+pub fn apply(row: Delta, delta: Delta) -> Delta {
+    match delta.0.cmp(&row.0) {
+        std::cmp::Ordering::Greater => delta,
+        std::cmp::Ordering::Equal => (row.0, row.1.saturating_add(delta.1)),
+        std::cmp::Ordering::Less => row,
+    }
+}
+
+/// Two deltas as one: applying the result equals applying both, in either order.
+pub fn merge(a: Delta, b: Delta) -> Delta {
+    apply(a, b)
+}
+
+fn corrupt(message: String) -> DbError {
+    DbError::Corrupt {
+        table: "usage_journal",
+        message,
+    }
+}
+
+/// Appends one group commit; the entry's id.
+pub async fn append(c: &mut Conn, writer: i64, writes: &FlushWrites<'_>) -> Result<i64, DbError> {
+    let entry = serde_json::to_string(&Entry::of(writes))
+        .map_err(|e| corrupt(format!("an entry cannot be encoded: {e}")))?;
+    let row = sqlx::query("insert into usage_journal (writer, entry) values ($1, $2) returning id")
+        .bind(writer)
+        .bind(entry)
+        .fetch_one(c)
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
+/// The ids of `writer`'s entries that no fold has taken yet.
+pub async fn unfolded(c: &mut Conn, writer: i64) -> Result<Vec<i64>, DbError> {
+    let rows = sqlx::query("select id from usage_journal where writer = $1")
+        .bind(writer)
+        .fetch_all(c)
+        .await?;
+    rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+}
+
+/// What a fold did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Folded {
+    /// Entries folded, whoever wrote them.
+    pub entries: usize,
+    /// The ids of the folded entries that `writer` wrote.
+    pub own: Vec<i64>,
+    /// Whether any folded entry was another process's.
+    pub foreign: bool,
+    /// The usage versions the fold's transactions took.
+    pub versions: Vec<i64>,
+}
+
+/// Entries per fold transaction: large enough to merge many deltas per row, small enough
+/// that a worker serving durable writers between batches is not held up long.
+const BATCH: i64 = 256;
+
+/// Whether durable group commits go to the journal on this backend.
+pub fn used(backend: Backend) -> bool {
+    backend == Backend::Postgres
+}
+
+/// Folds every entry committed before the call into the counters, rollups and keys (see
+/// [`Fold`]).
+pub async fn fold(db: &Db, writer: i64) -> Result<Folded, DbError> {
+    let mut fold = Fold::start(db, writer).await?;
+    while fold.next(db).await? {}
+    Ok(fold.folded)
+}
+
+/// A fold in steps: each [`Fold::next`] folds up to [`BATCH`] entries in one transaction that
+/// deletes what it writes, so that the caller can serve others between steps. Entries
+/// committed after [`Fold::start`] wait for the next fold; entries another process is folding
+/// at the same moment are skipped (`skip locked`), since it folds them. Reads only, when the
+/// journal is empty; nothing at all where the journal is not [`used`].
+#[derive(Debug)]
+pub struct Fold {
+    writer: i64,
+    /// The last entry to fold (none: nothing to do).
+    last: Option<i64>,
+    pub folded: Folded,
+}
+
+impl Fold {
+    pub async fn start(db: &Db, writer: i64) -> Result<Fold, DbError> {
+        let mut last = None;
+        if used(db.backend()) {
+            let mut c = db.acquire().await?;
+            last = sqlx::query("select max(id) from usage_journal")
+                .fetch_one(&mut *c)
+                .await?
+                .try_get(0)?;
+        }
+        Ok(Fold {
+            writer,
+            last,
+            folded: Folded::default(),
+        })
+    }
+
+    /// Folds the next batch; false once nothing is left.
+    pub async fn next(&mut self, db: &Db) -> Result<bool, DbError> {
+        let Some(last) = self.last else {
+            return Ok(false);
+        };
+        let mut tx = db.begin().await?;
+        let rows = sqlx::query(
+            "delete from usage_journal where id in (select id from usage_journal \
+             where id <= $1 order by id limit $2 for update skip locked) \
+             returning id, writer, entry",
+        )
+        .bind(last)
+        .bind(BATCH)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut own = Vec::new();
+        let mut foreign = false;
+        let mut taken = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: i64 = row.try_get(0)?;
+            let from: i64 = row.try_get(1)?;
+            let text: String = row.try_get(2)?;
+            if from == self.writer {
+                own.push(id);
+            } else {
+                foreign = true;
+            }
+            taken.push((id, text));
+        }
+        drop(rows);
+        let count = taken.len();
+        if count == 0 {
+            tx.rollback().await?;
+            self.last = None;
+            return Ok(false);
+        }
+        // Decoding and merging megabytes of entries is CPU work of tens of milliseconds: off
+        // the async runtime, whose threads answer requests meanwhile.
+        let backend = db.backend();
+        let prepared = tokio::task::spawn_blocking(move || prepare(backend, taken))
+            .await
+            .map_err(|e| corrupt(format!("decoding entries failed: {e}")))??;
+        let version = prepared.run(&mut tx, backend).await?;
+        tx.commit().await?;
+        self.folded.entries += count;
+        self.folded.own.append(&mut own);
+        self.folded.foreign |= foreign;
+        if version > 0 {
+            self.folded.versions.push(version);
+        }
+        if (count as i64) < BATCH {
+            self.last = None;
+        }
+        Ok(self.last.is_some())
+    }
+}
+
+/// The statements that fold `entries` (id, text).
+fn prepare(backend: Backend, entries: Vec<(i64, String)>) -> Result<flush::Prepared, DbError> {
+    let mut merged = Merged::default();
+    for (id, text) in entries {
+        let entry: Entry = serde_json::from_str(&text)
+            .map_err(|e| corrupt(format!("entry {id} cannot be read: {e}")))?;
+        if entry.v != FORMAT {
+            return Err(corrupt(format!(
+                "entry {id} has format {}, this build reads {FORMAT}",
+                entry.v
+            )));
+        }
+        merged.add(entry);
+    }
+    let writes = merged.writes();
+    Ok(flush::Prepared::new(backend, writes.as_flush()))
+}
+
+/// Entries merged: one delta per counter, one sum per rollup row, each key once.
+#[derive(Debug, Default)]
+struct Merged {
+    budgets: HashMap<Uuid, Delta>,
+    rates: HashMap<Uuid, (Delta, Delta)>,
+    rollups: BTreeMap<RollupKey, RollupSums>,
+    keys: HashMap<DedupKey, Micros>,
+}
+
+impl Merged {
+    fn add(&mut self, entry: Entry) {
+        for (id, start, delta) in entry.b {
+            self.budgets
+                .entry(id)
+                .and_modify(|d| *d = merge(*d, (start, delta)))
+                .or_insert((start, delta));
+        }
+        for (id, ts, td, rs, rd) in entry.r {
+            self.rates
+                .entry(id)
+                .and_modify(|(t, q)| {
+                    *t = merge(*t, (ts, td));
+                    *q = merge(*q, (rs, rd));
+                })
+                .or_insert(((ts, td), (rs, rd)));
+        }
+        for (bucket, vk, team, customer, user, provider, model, requests, tokens, cost) in entry.u {
+            let key = RollupKey {
+                bucket_start: bucket,
+                virtual_key_id: vk,
+                team_id: team,
+                customer_id: customer,
+                user_id: user,
+                provider,
+                model,
+            };
+            let sums = self.rollups.entry(key).or_default();
+            sums.requests = sums.requests.saturating_add(requests);
+            sums.tokens = sums.tokens.saturating_add(tokens);
+            sums.cost = sums.cost.saturating_add(cost);
+        }
+        for (hi, lo, expires) in entry.k {
+            let expiry = self.keys.entry(flush::join_key(hi, lo)).or_insert(expires);
+            *expiry = (*expiry).max(expires);
+        }
+    }
+
+    fn writes(self) -> OwnedWrites {
+        let item = |(start, delta): Delta| FlushItem {
+            start,
+            delta,
+            reset: false,
+        };
+        OwnedWrites {
+            budgets: self
+                .budgets
+                .into_iter()
+                .map(|(id, d)| BudgetDelta { id, item: item(d) })
+                .collect(),
+            rates: self
+                .rates
+                .into_iter()
+                .map(|(id, (t, q))| RateLimitDelta {
+                    id,
+                    tokens: item(t),
+                    requests: item(q),
+                })
+                .collect(),
+            rollups: self.rollups.into_iter().collect(),
+            keys: self.keys.into_iter().collect(),
+        }
+    }
+}
+
+struct OwnedWrites {
+    budgets: Vec<BudgetDelta>,
+    rates: Vec<RateLimitDelta>,
+    rollups: Vec<(RollupKey, RollupSums)>,
+    keys: Vec<(DedupKey, Micros)>,
+}
+
+impl OwnedWrites {
+    fn as_flush(&self) -> FlushWrites<'_> {
+        FlushWrites {
+            budgets: &self.budgets,
+            rates: &self.rates,
+            rollups: &self.rollups,
+            keys: &self.keys,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn deltas() -> impl Strategy<Value = Vec<Delta>> {
+        prop::collection::vec((0i64..4, -5i64..50), 0..12)
+    }
+
+    proptest! {
+        /// Folding merged deltas gives the row that applying them one by one, in the order
+        /// they were committed, gives: the fold may batch and reorder entries.
+        #[test]
+        fn merged_deltas_fold_to_what_applying_them_in_turn_gives(
+            row in (0i64..4, 0i64..100),
+            ops in deltas(),
+            cut in 0usize..12,
+        ) {
+            let one_by_one = ops.iter().fold(row, |r, d| apply(r, *d));
+            if let Some((first, rest)) = ops.split_first() {
+                let merged = rest.iter().fold(*first, |m, d| merge(m, *d));
+                prop_assert_eq!(apply(row, merged), one_by_one);
+            }
+            let mut reversed = ops.clone();
+            reversed.reverse();
+            prop_assert_eq!(reversed.iter().fold(row, |r, d| apply(r, *d)), one_by_one);
+            // Two batches folded one after the other.
+            let cut = cut.min(ops.len());
+            let (a, b) = ops.split_at(cut);
+            let half = b.iter().fold(a.iter().fold(row, |r, d| apply(r, *d)), |r, d| apply(r, *d));
+            prop_assert_eq!(half, one_by_one);
+        }
+    }
+
+    #[test]
+    fn a_delta_applies_as_the_flush_sql_does() {
+        assert_eq!(apply((10, 7), (10, 3)), (10, 10), "same window adds");
+        assert_eq!(apply((10, 7), (20, 3)), (20, 3), "a newer window resets");
+        assert_eq!(
+            apply((20, 7), (10, 3)),
+            (20, 7),
+            "an ended window's delta is dropped"
+        );
+    }
+
+    #[test]
+    fn entries_round_trip_through_json() {
+        let id = Uuid::new_v4();
+        let rollup = RollupKey {
+            bucket_start: 3_600_000_000,
+            virtual_key_id: Some(id),
+            team_id: None,
+            customer_id: None,
+            user_id: "o'brien \"x\" \\ \n ü".into(),
+            provider: String::new(),
+            model: "gpt,4".into(),
+        };
+        let budgets = [BudgetDelta {
+            id,
+            item: FlushItem {
+                start: 5,
+                delta: -2,
+                reset: true,
+            },
+        }];
+        let rollups = [(
+            rollup.clone(),
+            RollupSums {
+                requests: 1,
+                tokens: 2,
+                cost: 3,
+            },
+        )];
+        let keys = [(u128::MAX - 7, 99)];
+        let writes = FlushWrites {
+            budgets: &budgets,
+            rates: &[],
+            rollups: &rollups,
+            keys: &keys,
+        };
+        let text = serde_json::to_string(&Entry::of(&writes)).unwrap();
+        let mut merged = Merged::default();
+        merged.add(serde_json::from_str(&text).unwrap());
+        let back = merged.writes();
+        assert_eq!(back.budgets.len(), 1);
+        assert_eq!(
+            (back.budgets[0].item.start, back.budgets[0].item.delta),
+            (5, -2)
+        );
+        assert_eq!(back.rollups, rollups.to_vec());
+        assert_eq!(back.keys, keys.to_vec());
+    }
+}
