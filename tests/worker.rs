@@ -502,8 +502,8 @@ async fn a_durable_idempotency_key_holds_for_a_process_started_after_a_crash(db:
     app.stop().await;
 }
 
-/// A durable group commit is one round trip: one string of statements, transaction included,
-/// on SQLite; one prepared statement on PostgreSQL. One failing midway (here a trigger on the
+/// A small flush is one round trip: one string of statements, transaction included, on
+/// SQLite; one prepared statement on PostgreSQL. One failing midway (here a trigger on the
 /// rollups, after the budget update ran) changes nothing, and the connection is left outside
 /// any transaction.
 async fn a_failed_one_round_trip_commit_changes_nothing_and_leaves_the_connection_clean(

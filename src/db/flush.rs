@@ -494,7 +494,8 @@ impl FlushWrites<'_> {
 const CURRENT_USAGE_VERSION: &str = "(select usage_version from heimdall_clock where id = 1)";
 
 /// Commits one flush; the usage version it took (0: none). A small flush (a durable group
-/// commit, which writers wait for) takes one round trip: on PostgreSQL it is one prepared
+/// commit on SQLite, which writers wait for; on PostgreSQL those go to the journal, see
+/// [`super::journal`]) takes one round trip: on PostgreSQL it is one prepared
 /// statement ([`POSTGRES_FLUSH`]); on SQLite one string of statements, transaction
 /// included, one hand-over to the connection thread where a transaction of separate
 /// statements takes four — each a wake-up of another thread, which on a busy machine waits
@@ -554,8 +555,9 @@ pub async fn commit_flush(
 pub const PREPARED_MAX_ROWS: usize = 4096;
 
 /// A whole flush on PostgreSQL as one statement, prepared once per connection: the rows go
-/// as array parameters, so a durable group commit costs neither parsing kilobytes of
-/// literals nor planning (about a quarter of its time in the database when it was SQL text).
+/// as array parameters, so a small flush costs neither parsing kilobytes of literals nor
+/// planning (about a quarter of a durable group commit's time in the database when those
+/// were SQL text, before they went to the journal).
 /// One statement is its own transaction: it commits or changes nothing.
 ///
 /// `$1` says whether counters change; only then is a usage version taken (the clock row
