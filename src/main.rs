@@ -59,12 +59,12 @@ fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
+    // Signals are caught from here on: one during start-up stops the service once it is up.
+    let shutdown = heimdall::app::shutdown_signal();
     let config = load(args.config.as_deref(), &args.overrides())?;
     init_logs(&config);
     let app = App::build(config).await.map_err(|e| e.to_string())?;
-    app.run(heimdall::app::shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())
+    app.run(shutdown).await.map_err(|e| e.to_string())
 }
 
 fn load(file: Option<&std::path::Path>, overrides: &Overrides) -> Result<Config, String> {

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 on_both_backends!(
     a_restart_keeps_every_counter_exactly,
     sigterm_flushes_before_the_process_exits,
+    a_sigterm_during_start_up_stops_the_service_cleanly,
     idempotency_keys_survive_a_restart,
     an_idle_tick_writes_nothing,
     rollups_add_up_to_the_counters,
@@ -109,6 +110,44 @@ async fn sigterm_flushes_before_the_process_exits(db: &TestDb) {
         2_500_000_000,
         "the final flush wrote the usage"
     );
+}
+
+/// A SIGTERM that arrives while the service starts (here: as soon as it logs its first line,
+/// from inside its start-up) is kept until it is up, then stops it the usual way, exit 0;
+/// it does not kill the process mid-start.
+async fn a_sigterm_during_start_up_stops_the_service_cleanly(db: &TestDb) {
+    use std::io::BufRead;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_heimdall"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--database-url",
+            &db.url,
+        ])
+        // The warning about the open API is logged at the start of start-up.
+        .env("HEIMDALL__LOG_LEVEL", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let first = tokio::task::spawn_blocking(move || {
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let first = lines.next().unwrap().unwrap();
+        // Keep draining, so that the process never blocks writing its log.
+        std::thread::spawn(move || lines.for_each(drop));
+        first
+    })
+    .await
+    .unwrap();
+    assert!(first.contains("no admin or gateway tokens"), "{first}");
+    let status = common::signal(child, "TERM").await;
+    assert!(status.success(), "exit status {status}");
 }
 
 async fn idempotency_keys_survive_a_restart(db: &TestDb) {
