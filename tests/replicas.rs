@@ -36,6 +36,17 @@ async fn settle(apps: &[TestApp]) {
     }
 }
 
+/// The one key's counters in the database: its rate limit's tokens and its budget's usage
+/// (nano-dollars).
+async fn assert_stored(db: &TestDb, tokens: i64, cost: i64) {
+    assert_eq!(
+        db.scalar("select token_current_usage from rate_limits")
+            .await,
+        tokens
+    );
+    assert_eq!(db.scalar("select current_usage from budgets").await, cost);
+}
+
 async fn key_view(app: &TestApp, id: &str) -> Value {
     let (status, body) = app.get(&format!("/api/governance/virtual-keys/{id}")).await;
     assert_eq!(status, 200, "{body}");
@@ -78,15 +89,7 @@ async fn three_replicas_keep_exact_totals_under_concurrent_usage() {
     settle(&apps).await;
 
     let total = 3 * per_replica;
-    assert_eq!(
-        db.scalar("select token_current_usage from rate_limits")
-            .await,
-        3 * total
-    );
-    assert_eq!(
-        db.scalar("select current_usage from budgets").await,
-        total * 1_000_000
-    );
+    assert_stored(&db, 3 * total, total * 1_000_000).await;
     for app in &apps {
         let view = key_view(app, &id).await;
         assert_eq!(
@@ -332,15 +335,7 @@ async fn replicas_fold_each_others_journal_entries_exactly_once() {
 
     let total = (2 * WRITERS * EACH) as i64;
     assert_eq!(db.journal_entries().await, 0);
-    assert_eq!(
-        db.scalar("select token_current_usage from rate_limits")
-            .await,
-        3 * total
-    );
-    assert_eq!(
-        db.scalar("select current_usage from budgets").await,
-        total * 1_000_000
-    );
+    assert_stored(&db, 3 * total, total * 1_000_000).await;
     assert_eq!(
         db.scalar("select sum(requests) from usage_rollups").await,
         total

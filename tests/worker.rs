@@ -117,24 +117,8 @@ async fn sigterm_flushes_before_the_process_exits(db: &TestDb) {
 /// it does not kill the process mid-start.
 async fn a_sigterm_during_start_up_stops_the_service_cleanly(db: &TestDb) {
     use std::io::BufRead;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_heimdall"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--database-url",
-            &db.url,
-        ])
-        // The warning about the open API is logged at the start of start-up.
-        .env("HEIMDALL__LOG_LEVEL", "warn")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    // The warning about the open API is logged at the start of start-up.
+    let (mut child, _) = common::start_binary(db, &[], std::process::Stdio::piped());
     let stderr = child.stderr.take().unwrap();
     let first = tokio::task::spawn_blocking(move || {
         let mut lines = std::io::BufReader::new(stderr).lines();
@@ -476,11 +460,16 @@ async fn report_totals(app: &TestApp) -> (usize, i64, i64) {
     (rows.len(), sum("requests"), sum("tokens"))
 }
 
-async fn durable_rollups_are_committed_before_the_acknowledgement(db: &TestDb) {
+/// `ack = "durable"` and no full tick during a test: only durable group commits write.
+fn durable_without_ticks(db: &TestDb) -> heimdall::Config {
     let mut config = config_for(db);
     config.ack = heimdall::config::AckMode::Durable;
-    // No full tick during the test: only durable group commits write.
     config.flush_interval = std::time::Duration::from_secs(3600);
+    config
+}
+
+async fn durable_rollups_are_committed_before_the_acknowledgement(db: &TestDb) {
+    let config = durable_without_ticks(db);
     let app = TestApp::start(config.clone()).await;
     let (value, _) = hierarchy(&app).await;
     for i in 0..30 {
@@ -522,9 +511,7 @@ async fn durable_rollups_are_committed_before_the_acknowledgement(db: &TestDb) {
 /// that acknowledged it crashed (here: started beside it, as the first never flushed), is a
 /// duplicate: the new process folds the journal (PostgreSQL) before it loads the keys.
 async fn a_durable_idempotency_key_holds_for_a_process_started_after_a_crash(db: &TestDb) {
-    let mut config = config_for(db);
-    config.ack = heimdall::config::AckMode::Durable;
-    config.flush_interval = std::time::Duration::from_secs(3600);
+    let config = durable_without_ticks(db);
     let app = TestApp::start(config.clone()).await;
     let (value, _) = hierarchy(&app).await;
     let update = json!({"virtual_key": value, "tokens_used": 10, "request_id": "retry-me"});

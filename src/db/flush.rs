@@ -552,7 +552,7 @@ pub async fn commit_flush(
 /// The most rows (counters, rollups and idempotency keys together) a PostgreSQL flush sends
 /// as [`POSTGRES_FLUSH`]. Its plan is made once for a handful of rows (index lookups); a
 /// larger flush goes as SQL of its own, planned for its size (hash joins).
-pub const PREPARED_MAX_ROWS: usize = 4096;
+const PREPARED_MAX_ROWS: usize = 4096;
 
 /// A whole flush on PostgreSQL as one statement, prepared once per connection: the rows go
 /// as array parameters, so a small flush costs neither parsing kilobytes of literals nor

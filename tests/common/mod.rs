@@ -319,8 +319,10 @@ pub async fn spawn_binary(db: &TestDb, env: &[(&str, &str)]) -> (std::process::C
     spawn_binary_with(db, env, std::process::Stdio::inherit()).await
 }
 
-/// As [`spawn_binary`], with the process's standard error going to `stderr`.
-pub async fn spawn_binary_with(
+/// Starts the `heimdall` binary serving `db` on a free loopback port, without waiting for it
+/// (warnings only on standard error, which goes to `stderr`). Returns the process and its
+/// base URL.
+pub fn start_binary(
     db: &TestDb,
     env: &[(&str, &str)],
     stderr: std::process::Stdio,
@@ -343,7 +345,16 @@ pub async fn spawn_binary_with(
         .stderr(stderr)
         .spawn()
         .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    (child, format!("http://127.0.0.1:{port}"))
+}
+
+/// As [`spawn_binary`], with the process's standard error going to `stderr`.
+pub async fn spawn_binary_with(
+    db: &TestDb,
+    env: &[(&str, &str)],
+    stderr: std::process::Stdio,
+) -> (std::process::Child, String) {
+    let (child, base) = start_binary(db, env, stderr);
     let client = reqwest::Client::new();
     for _ in 0..100 {
         if client.get(format!("{base}/healthz")).send().await.is_ok() {
