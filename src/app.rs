@@ -43,6 +43,10 @@ pub struct App {
     state: AppState,
 }
 
+/// How long a start waits for the transactions of other Heimdall sessions that were running
+/// when it began (see [`crate::db::marks::await_transactions_in_flight`]).
+const IN_FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl App {
     pub async fn build(config: Config) -> Result<App, StartError> {
         let auth = Auth::new(&config.auth);
@@ -62,9 +66,22 @@ impl App {
         )
         .await?;
         db.migrate().await?;
+        if crate::db::marks::used(db.backend()) {
+            let mut conn = db.acquire().await?;
+            let ended =
+                crate::db::marks::await_transactions_in_flight(&mut conn, IN_FLIGHT_WAIT).await?;
+            if !ended {
+                tracing::warn!(
+                    waited_s = IN_FLIGHT_WAIT.as_secs(),
+                    "transactions of other Heimdall sessions are still running; starting \
+                     anyway: if one is the last commit of a process that crashed, a retry of an \
+                     update it holds may be counted twice"
+                );
+            }
+        }
         // What durable commits journaled before a crash (this process's last run or any
         // replica's) is in the tables before they are loaded.
-        let folded = crate::db::journal::fold(&db, 0).await?;
+        let folded = crate::db::journal::fold_all(&db).await?;
         if folded.entries > 0 {
             tracing::info!(entries = folded.entries, "usage journal folded");
         }

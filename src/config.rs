@@ -285,9 +285,24 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Res
     }
 }
 
+/// A duration of the configuration: milliseconds (`250ms`), or what a reset duration takes
+/// (`30s`, `5m`, `1h30m`, …).
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
-    let parsed = ResetDuration::parse(&text).map_err(serde::de::Error::custom)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    if let Some(ms) = text.strip_suffix("ms") {
+        if !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit()) {
+            return match ms.parse::<u64>() {
+                Ok(0) => Err(format!("duration must be greater than zero: '{text}'")),
+                Ok(ms) => Ok(Duration::from_millis(ms)),
+                Err(_) => Err(format!("duration is too long: '{text}'")),
+            };
+        }
+    }
+    let parsed = ResetDuration::parse(text).map_err(|e| e.to_string())?;
     Ok(Duration::from_micros(parsed.micros() as u64))
 }
 
@@ -451,6 +466,38 @@ mod tests {
                 .to_string();
             let name = key.trim_start_matches("HEIMDALL__").to_lowercase();
             assert!(err.contains(&name), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn durations_take_milliseconds_too() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("HEIMDALL__FLUSH_INTERVAL", "250ms"),
+                ("HEIMDALL__DEDUP_WINDOW", "1h30m"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(config.flush_interval, Duration::from_millis(250));
+        assert_eq!(config.dedup_window, Duration::from_secs(5400));
+        for bad in [
+            "0ms",
+            "ms",
+            "1.5ms",
+            "-5ms",
+            "99999999999999999999ms",
+            "5 ms",
+        ] {
+            let err = Config::load(
+                None,
+                env(&[("HEIMDALL__FLUSH_INTERVAL", bad)]),
+                &Overrides::default(),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("flush_interval"), "{bad}: {err}");
         }
     }
 

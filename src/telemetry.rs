@@ -58,6 +58,7 @@ const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ("heimdall_flush_duration_seconds", "histogram", "Time of one flush to the database, by kind: full (the periodic tick) or durable (woken by ack = durable writers)."),
     ("heimdall_flush_rows_total", "counter", "Rows written by flushes, by table."),
     ("heimdall_journal_entries_total", "counter", "Usage journal entries (PostgreSQL, ack = durable) by event: appended by this process's group commits, folded into the tables by this process's ticks (whoever wrote them)."),
+    ("heimdall_unknown_commits_total", "counter", "Group commits (PostgreSQL) whose connection failed before their outcome was known, by how they were settled: committed (they had happened) or fenced (they had not, and can no longer)."),
     ("heimdall_flush_failures_total", "counter", "Flushes that failed (the database was unreachable or refused the write)."),
     ("heimdall_pending_deltas", "gauge", "Counters holding usage not yet written to the database."),
     ("heimdall_database_up", "gauge", "1 when the last flush reached the database, 0 otherwise."),
@@ -85,6 +86,8 @@ pub struct Metrics {
     pub rows_dedup_keys: Counter,
     journal_appended: Counter,
     journal_folded: Counter,
+    unknown_committed: Counter,
+    unknown_fenced: Counter,
     pending: Gauge,
     database_up: Gauge,
     entities: Vec<(&'static str, Gauge)>,
@@ -182,6 +185,11 @@ impl Metrics {
             rows_dedup_keys: counter(rows, &[("table", "dedup_keys")]),
             journal_appended: counter(journal, &[("event", "appended")]),
             journal_folded: counter(journal, &[("event", "folded")]),
+            unknown_committed: counter(
+                "heimdall_unknown_commits_total",
+                &[("outcome", "committed")],
+            ),
+            unknown_fenced: counter("heimdall_unknown_commits_total", &[("outcome", "fenced")]),
             pending: gauge("heimdall_pending_deltas", &[]),
             database_up: gauge("heimdall_database_up", &[]),
             entities: ENTITY_KINDS
@@ -279,6 +287,15 @@ impl Metrics {
             .increment(rows.journal_entries_appended as u64);
         self.journal_folded
             .increment(rows.journal_entries_folded as u64);
+    }
+
+    /// Records how a commit whose outcome was unknown was settled.
+    pub fn commit_resolved(&self, committed: bool) {
+        if committed {
+            self.unknown_committed.increment(1);
+        } else {
+            self.unknown_fenced.increment(1);
+        }
     }
 
     /// Records one HTTP request.

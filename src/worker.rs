@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::db::flush::{self, BudgetDelta, RateLimitDelta};
 use crate::db::journal::{self, Delta};
+use crate::db::marks::{self, Mark};
 use crate::db::{Backend, Db, DbError};
 use crate::domain::time::now_micros;
 use crate::domain::Micros;
@@ -141,13 +142,17 @@ enum Dim {
 /// Entries by id, each with the deltas it holds.
 type Unfolded = BTreeMap<i64, Vec<(Dim, Uuid, Delta)>>;
 
-/// This process's side of the usage journal ([`journal`]): its writer id, and its entries
-/// that no fold has taken yet with the counter deltas each holds. Memory counts those deltas
-/// as written while the tables do not hold them yet, so a read-back adds them to the totals
-/// it reads.
+/// This process's side of the usage journal ([`journal`]) and of its commit marks
+/// ([`marks`]): its writer id, the number of its last commit, the commit whose outcome is
+/// not known yet, and its entries that no fold has taken yet with the counter deltas each
+/// holds. Memory counts those deltas as written while the tables do not hold them yet, so a
+/// read-back adds them to the totals it reads.
 #[derive(Debug)]
 pub struct Journal {
     pub writer: i64,
+    /// The number of the last commit attempted (PostgreSQL).
+    commits: AtomicI64,
+    unresolved: std::sync::Mutex<Option<Attempt>>,
     unfolded: std::sync::Mutex<Unfolded>,
 }
 
@@ -156,8 +161,27 @@ impl Default for Journal {
         Journal {
             // Positive and never 0 (0 is nobody: a fold at startup).
             writer: (rand::random::<u64>() >> 1).max(1) as i64,
+            commits: AtomicI64::new(0),
+            unresolved: std::sync::Mutex::default(),
             unfolded: std::sync::Mutex::default(),
         }
+    }
+}
+
+/// A commit that failed without saying whether it happened (the connection died on the way),
+/// with what it carried.
+struct Attempt {
+    mark: Mark,
+    journaled: bool,
+    items: Items,
+}
+
+impl std::fmt::Debug for Attempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attempt")
+            .field("mark", &self.mark)
+            .field("journaled", &self.journaled)
+            .finish_non_exhaustive()
     }
 }
 
@@ -166,6 +190,21 @@ impl Journal {
         self.unfolded
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn unresolved(&self) -> std::sync::MutexGuard<'_, Option<Attempt>> {
+        self.unresolved
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The identity of this process's next commit.
+    fn next_mark(&self, at: Micros) -> Mark {
+        Mark {
+            writer: self.writer,
+            seq: self.commits.fetch_add(1, Ordering::AcqRel) + 1,
+            at,
+        }
     }
 
     fn appended(&self, id: i64, items: &Items) {
@@ -275,6 +314,7 @@ impl Flusher {
     /// idempotency keys (to the journal, for a durable group commit); then tells durable
     /// writers what it covered. Called with `flushing` held.
     async fn write_changed(&self, target: Target) -> Result<FlushReport, DbError> {
+        self.resolve().await?;
         let now = now_micros();
         // Everything applied up to here is in the counters read below.
         let covered = self.signal.seq.load(Ordering::SeqCst);
@@ -481,6 +521,66 @@ impl Flusher {
         Ok(())
     }
 
+    /// Settles the commit whose outcome a failure left unknown, before anything else is
+    /// written (the caller holds `flushing`): if it happened, its deltas count as written,
+    /// as after any commit; if not, its rollups and keys go back to be written, and its
+    /// counters, marked dirty again when it failed, are written with what they hold now.
+    /// Until it is settled, nothing is written, so a delta is never written twice.
+    async fn resolve(&self) -> Result<(), DbError> {
+        let Some(attempt) = self.journal.unresolved().take() else {
+            return Ok(());
+        };
+        let resolved = match self.db.acquire().await {
+            Ok(mut conn) => marks::resolve(&mut conn, attempt.mark).await,
+            Err(e) => Err(e),
+        };
+        let committed = match resolved {
+            Ok(committed) => committed,
+            Err(e) => {
+                *self.journal.unresolved() = Some(attempt);
+                return Err(e);
+            }
+        };
+        let Attempt {
+            mark,
+            journaled,
+            items,
+        } = attempt;
+        tracing::info!(
+            commit = mark.seq,
+            committed,
+            "a commit whose outcome was unknown is settled"
+        );
+        self.metrics.commit_resolved(committed);
+        if committed {
+            if journaled {
+                self.journal.appended(mark.seq, &items);
+            }
+            items.flushed();
+        } else {
+            self.rollups.restore(items.rollups);
+            self.dedup.restore_unsaved(items.keys);
+        }
+        Ok(())
+    }
+
+    /// Marks the counters of a failed write dirty again, so that the next group commit
+    /// writes them: a durable writer waiting for one of them is acknowledged only by a
+    /// commit that holds its update.
+    fn mark_dirty_again(&self, items: &Items) {
+        let snapshot = self.store.snapshot();
+        for (b, _) in &items.budgets {
+            if b.counter.mark_dirty() {
+                snapshot.dirty.push(Dirty::Budget(Arc::clone(b)));
+            }
+        }
+        for (r, _, _) in &items.rates {
+            if r.tokens.mark_dirty() {
+                snapshot.dirty.push(Dirty::RateLimit(Arc::clone(r)));
+            }
+        }
+    }
+
     /// A durable group commit in the middle of a full tick, for writers that wait (the
     /// caller holds `flushing`).
     async fn serve_durable_writers(&self, target: Target) -> Result<(), DbError> {
@@ -534,35 +634,40 @@ impl Flusher {
                 Target::JournalOnly => true,
             };
         report.journal_entries_appended = usize::from(journaled);
-        let written = if journaled {
-            append(&self.db, self.journal.writer, writes)
-                .await
-                .map(|id| {
-                    self.journal.appended(id, &items);
-                    0
-                })
-        } else {
-            write(&self.db, writes).await
+        let mark = marks::used(self.db.backend()).then(|| self.journal.next_mark(now_micros()));
+        let written = match mark {
+            Some(mark) if journaled => append(&self.db, mark, writes).await.map(|()| {
+                self.journal.appended(mark.seq, &items);
+                0
+            }),
+            _ => write(&self.db, writes, mark).await,
         };
-        match written {
-            Ok(version) => {
-                if version > 0 {
-                    self.versions.took(version);
-                }
-            }
+        let version = match written {
+            Ok(version) => version,
             Err(e) => {
-                self.rollups.restore(items.rollups);
-                self.dedup.restore_unsaved(items.keys);
+                self.mark_dirty_again(&items);
+                match mark {
+                    // Whether it committed is settled before the next write.
+                    Some(mark) => {
+                        *self.journal.unresolved() = Some(Attempt {
+                            mark,
+                            journaled,
+                            items,
+                        });
+                    }
+                    // SQLite reports every commit's outcome: this one did not happen.
+                    None => {
+                        self.rollups.restore(items.rollups);
+                        self.dedup.restore_unsaved(items.keys);
+                    }
+                }
                 return Err(e);
             }
+        };
+        if version > 0 {
+            self.versions.took(version);
         }
-        for (b, item) in &items.budgets {
-            b.counter.flushed(*item);
-        }
-        for (r, t, q) in &items.rates {
-            r.tokens.flushed(*t);
-            r.requests.flushed(*q);
-        }
+        items.flushed();
         Ok(report)
     }
 
@@ -572,10 +677,17 @@ impl Flusher {
         self.dedup.purge(now);
         let mut tx = self.db.begin().await?;
         let purged = flush::purge_dedup_keys(&mut tx, now).await?;
+        if marks::used(self.db.backend()) {
+            marks::purge(&mut tx, now - MARKS_KEPT).await?;
+        }
         tx.commit().await?;
         Ok(purged)
     }
 }
+
+/// How long the commit mark of a process that stopped committing is kept: far longer than any
+/// commit can take to be settled.
+const MARKS_KEPT: Micros = 7 * 24 * 3600 * 1_000_000;
 
 /// Limits visited per slice of a full tick's sweep: small enough that durable writers waiting
 /// meanwhile are served within a few milliseconds.
@@ -626,6 +738,17 @@ impl Items {
         items
     }
 
+    /// Takes the committed deltas off the counters' pending usage.
+    fn flushed(&self) {
+        for (b, item) in &self.budgets {
+            b.counter.flushed(*item);
+        }
+        for (r, t, q) in &self.rates {
+            r.tokens.flushed(*t);
+            r.requests.flushed(*q);
+        }
+    }
+
     fn append(&mut self, mut other: Items) {
         self.budgets.append(&mut other.budgets);
         self.rates.append(&mut other.rates);
@@ -642,9 +765,13 @@ impl Items {
 }
 
 /// Writes one flush in one transaction; the usage version it took (0: none).
-async fn write(db: &Db, writes: flush::FlushWrites<'_>) -> Result<i64, DbError> {
+async fn write(
+    db: &Db,
+    writes: flush::FlushWrites<'_>,
+    mark: Option<Mark>,
+) -> Result<i64, DbError> {
     let mut conn = db.flush_connection().await?;
-    let written = flush::commit_flush(conn.conn(), db.backend(), writes).await;
+    let written = flush::commit_flush(conn.conn(), db.backend(), writes, mark).await;
     if written.is_err() {
         // Rolled back already, unless the connection broke or the rollback failed: either
         // way it is not used again, in case a transaction is still open on it.
@@ -653,10 +780,10 @@ async fn write(db: &Db, writes: flush::FlushWrites<'_>) -> Result<i64, DbError> 
     written
 }
 
-/// Appends one group commit to the journal; the entry's id.
-async fn append(db: &Db, writer: i64, writes: flush::FlushWrites<'_>) -> Result<i64, DbError> {
+/// Appends one group commit to the journal.
+async fn append(db: &Db, mark: Mark, writes: flush::FlushWrites<'_>) -> Result<(), DbError> {
     let mut conn = db.flush_connection().await?;
-    let appended = journal::append(conn.conn(), writer, &writes).await;
+    let appended = journal::append(conn.conn(), mark, &writes).await;
     if appended.is_err() {
         conn.discard();
     }
@@ -674,12 +801,18 @@ pub async fn run(flusher: Flusher, interval: Duration, cancel: CancellationToken
     let mut ticks: u64 = 0;
     // Full ticks keep their schedule however often durable writers wake the worker between.
     let mut next_full = tokio::time::Instant::now() + backoff;
+    // After a failed flush, durable writers that still wait are served again one interval
+    // later, not after the full tick's backoff: they have woken the worker already.
+    let mut durable_retry: Option<tokio::time::Instant> = None;
     loop {
         let full = tokio::select! {
             () = cancel.cancelled() => break,
             () = tokio::time::sleep_until(next_full) => true,
             () = flusher.signal.wake.notified() => false,
+            () = tokio::time::sleep_until(durable_retry.unwrap_or(next_full)),
+                if durable_retry.is_some() => false,
         };
+        durable_retry = None;
         ticks += u64::from(full);
         let flushed = if full {
             flusher.flush_once().await
@@ -705,6 +838,9 @@ pub async fn run(flusher: Flusher, interval: Duration, cancel: CancellationToken
             Err(e) => {
                 backoff = (backoff * 2).min(MAX_BACKOFF).max(interval);
                 next_full = tokio::time::Instant::now() + backoff;
+                if flusher.signal.waiting() {
+                    durable_retry = Some(tokio::time::Instant::now() + interval);
+                }
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "flush failed; usage kept in memory");
             }
         }

@@ -528,6 +528,89 @@ async fn a_durable_idempotency_key_holds_for_a_process_started_after_a_crash(db:
     app.stop().await;
 }
 
+/// A process starting while another replica folds journal entries waits for that fold rather
+/// than skipping its entries: the keys it loads then include theirs, so a retry of an update
+/// they hold is still a duplicate. (Here the other fold holds the entries for a while and
+/// gives up; the starting process folds them itself.)
+#[tokio::test]
+async fn a_start_waits_for_journal_entries_another_replica_is_folding() {
+    use sqlx::Connection;
+    let Some(db) = TestDb::new(common::Backend::Postgres).await else {
+        return;
+    };
+    let config = durable_without_ticks(&db);
+    let app = TestApp::start(config.clone()).await;
+    let (value, _) = hierarchy(&app).await;
+    let update = json!({"virtual_key": value, "tokens_used": 10, "request_id": "held"});
+    assert_eq!(usage(&app, update.clone()).await["duplicate"], false);
+    assert!(db.journal_entries().await > 0);
+
+    let mut folder = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let (locked, is_locked) = tokio::sync::oneshot::channel();
+    let holding = tokio::spawn(async move {
+        let mut tx = folder.begin().await.unwrap();
+        sqlx::query("select id from usage_journal for update")
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+        locked.send(()).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        tx.rollback().await.unwrap();
+    });
+    is_locked.await.unwrap();
+    let other = TestApp::start(config).await;
+    assert_eq!(db.journal_entries().await, 0, "folded by the start");
+    assert_eq!(usage(&other, update).await["duplicate"], true);
+    holding.await.unwrap();
+    other.stop().await;
+    app.stop().await;
+    db.drop_db().await;
+}
+
+/// A process starting while the last commit of a crashed one still runs on the server (a
+/// server finishes what it received before it notices the client is gone) waits for it
+/// before it loads: the key that commit writes recognises the gateway's retry.
+#[tokio::test]
+async fn a_start_waits_for_commits_still_running_for_a_crashed_process() {
+    use heimdall::engine::dedup::{dedup_key, Phase};
+    use sqlx::Connection;
+    let Some(db) = TestDb::new(common::Backend::Postgres).await else {
+        return;
+    };
+    let config = durable_without_ticks(&db);
+    let app = TestApp::start(config.clone()).await;
+    let (value, _) = hierarchy(&app).await;
+    app.stop().await;
+
+    // The crashed process's session (Heimdall's application name), in the middle of a commit
+    // that writes the key of update "late".
+    let url = format!("{}?application_name=heimdall", db.url);
+    let mut zombie = sqlx::PgConnection::connect(&url).await.unwrap();
+    let key = dedup_key("late", 0, Phase::Final);
+    let (hi, lo) = ((key >> 64) as u64 as i64, key as u64 as i64);
+    let (begun, has_begun) = tokio::sync::oneshot::channel();
+    let committing = tokio::spawn(async move {
+        let mut tx = zombie.begin().await.unwrap();
+        sqlx::query(&format!(
+            "insert into dedup_keys (key_hi, key_lo, expires_at) values ({hi}, {lo}, {})",
+            i64::MAX
+        ))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        begun.send(()).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        tx.commit().await.unwrap();
+    });
+    has_begun.await.unwrap();
+    let restarted = TestApp::start(config).await;
+    let update = json!({"virtual_key": value, "tokens_used": 10, "request_id": "late"});
+    assert_eq!(usage(&restarted, update).await["duplicate"], true);
+    committing.await.unwrap();
+    restarted.stop().await;
+    db.drop_db().await;
+}
+
 /// A small flush is one round trip: one string of statements, transaction included, on
 /// SQLite; one prepared statement on PostgreSQL. One failing midway (here a trigger on the
 /// rollups, after the budget update ran) changes nothing, and the connection is left outside
@@ -535,9 +618,8 @@ async fn a_durable_idempotency_key_holds_for_a_process_started_after_a_crash(db:
 async fn a_failed_one_round_trip_commit_changes_nothing_and_leaves_the_connection_clean(
     db: &TestDb,
 ) {
-    use heimdall::db::flush::{self, BudgetDelta, FlushWrites};
+    use heimdall::db::flush::{self, FlushWrites};
     use heimdall::db::Backend;
-    use heimdall::engine::counter::FlushItem;
     use heimdall::engine::rollup::{RollupKey, RollupSums};
     let (heimdall_db, id) = migrated_with_a_budget(db).await;
     db.execute(match heimdall_db.backend() {
@@ -553,14 +635,7 @@ async fn a_failed_one_round_trip_commit_changes_nothing_and_leaves_the_connectio
         }
     })
     .await;
-    let budgets = [BudgetDelta {
-        id,
-        item: FlushItem {
-            start: 1000,
-            delta: 5,
-            reset: false,
-        },
-    }];
+    let budgets = [five_more(id)];
     let rollups = [(
         RollupKey {
             bucket_start: 0,
@@ -584,7 +659,8 @@ async fn a_failed_one_round_trip_commit_changes_nothing_and_leaves_the_connectio
         keys: &[],
     };
     let mut conn = heimdall_db.acquire_writer().await.unwrap();
-    let failed = flush::commit_flush(&mut conn, heimdall_db.backend(), writes(&rollups)).await;
+    let failed =
+        flush::commit_flush(&mut conn, heimdall_db.backend(), writes(&rollups), None).await;
     assert!(failed.is_err(), "the trigger fails the commit");
     drop(conn);
     let current = format!("select current_usage from budgets where id = '{id}'");
@@ -599,7 +675,7 @@ async fn a_failed_one_round_trip_commit_changes_nothing_and_leaves_the_connectio
     );
 
     let mut conn = heimdall_db.acquire_writer().await.unwrap();
-    let version = flush::commit_flush(&mut conn, heimdall_db.backend(), writes(&[]))
+    let version = flush::commit_flush(&mut conn, heimdall_db.backend(), writes(&[]), None)
         .await
         .expect("the same connection begins a new transaction");
     drop(conn);
@@ -658,7 +734,7 @@ async fn replicas_adding_to_the_same_rollups_in_opposite_orders_both_commit(db: 
                 rollups: &rollups,
                 keys: &[],
             };
-            flush::commit_flush(&mut conn, db.backend(), writes).await
+            flush::commit_flush(&mut conn, db.backend(), writes, None).await
         }
     };
     for _ in 0..ROUNDS {
@@ -747,7 +823,7 @@ async fn flushed_values_arrive_exactly_on_both_statement_paths(db: &TestDb) {
             rollups: &rollups,
             keys: &keys,
         };
-        let version = flush::commit_flush(&mut conn, heimdall_db.backend(), writes)
+        let version = flush::commit_flush(&mut conn, heimdall_db.backend(), writes, None)
             .await
             .unwrap();
         drop(conn);
@@ -842,12 +918,93 @@ async fn the_postgres_flush_connection_is_kept_and_replaced_when_the_server_drop
         rollups: &[],
         keys: &[(7, 9_000)],
     };
-    flush::commit_flush(kept.conn(), heimdall_db.backend(), writes)
+    flush::commit_flush(kept.conn(), heimdall_db.backend(), writes, None)
         .await
         .expect("the dropped connection was replaced before the flush");
     drop(kept);
     assert_ne!(backend_pid().await, first);
     assert_eq!(db.scalar("select count(*) from dedup_keys").await, 1);
+    heimdall_db.close().await;
+    db.drop_db().await;
+}
+
+/// A commit whose outcome is unknown is settled by its mark: committed when the mark reached
+/// its number; otherwise fenced off, so that the commit, arriving late or sent again, fails
+/// and changes nothing. Asking twice gives the same answer.
+#[tokio::test]
+async fn commit_marks_tell_a_commit_that_happened_from_one_fenced_off() {
+    use heimdall::db::flush::{self, FlushWrites};
+    use heimdall::db::marks::{self, Mark};
+    let Some(db) = TestDb::new(common::Backend::Postgres).await else {
+        return;
+    };
+    let (heimdall_db, id) = migrated_with_a_budget(&db).await;
+    let budgets = [five_more(id)];
+    let writes = FlushWrites {
+        budgets: &budgets,
+        rates: &[],
+        rollups: &[],
+        keys: &[],
+    };
+    let mark = |seq| Mark {
+        writer: 42,
+        seq,
+        at: 1,
+    };
+    let usage = format!("select current_usage from budgets where id = '{id}'");
+    let mut conn = heimdall_db.acquire_writer().await.unwrap();
+
+    // Commit 1 happened: the mark says so, however often it is asked.
+    flush::commit_flush(&mut conn, heimdall_db.backend(), writes, Some(mark(1)))
+        .await
+        .unwrap();
+    assert!(marks::resolve(&mut conn, mark(1)).await.unwrap());
+    assert!(marks::resolve(&mut conn, mark(1)).await.unwrap());
+    // Sent again, it fails: a commit runs once.
+    let again = flush::commit_flush(&mut conn, heimdall_db.backend(), writes, Some(mark(1))).await;
+    assert!(
+        format!("{:?}", again.unwrap_err()).contains("commit_marks_once"),
+        "refused by the mark"
+    );
+    assert_eq!(db.scalar(&usage).await, 5);
+
+    // Commit 2 never reached the server: it is fenced off, and stays so.
+    assert!(!marks::resolve(&mut conn, mark(2)).await.unwrap());
+    assert!(!marks::resolve(&mut conn, mark(2)).await.unwrap());
+    let late = flush::commit_flush(&mut conn, heimdall_db.backend(), writes, Some(mark(2))).await;
+    assert!(late.is_err(), "a fenced-off commit cannot happen any more");
+    assert_eq!(db.scalar(&usage).await, 5);
+
+    // Its deltas go out again with commit 3, once; the journal's appends carry marks too.
+    flush::commit_flush(&mut conn, heimdall_db.backend(), writes, Some(mark(3)))
+        .await
+        .unwrap();
+    assert_eq!(db.scalar(&usage).await, 10);
+    heimdall::db::journal::append(&mut conn, mark(4), &writes)
+        .await
+        .unwrap();
+    assert!(heimdall::db::journal::append(&mut conn, mark(4), &writes)
+        .await
+        .is_err());
+    assert!(marks::resolve(&mut conn, mark(4)).await.unwrap());
+    assert_eq!(db.journal_entries().await, 1);
+    // A large flush (statement by statement) is marked the same way.
+    let many: Vec<(u128, i64)> = (0..5000).map(|k| (k, 9_000)).collect();
+    let large = FlushWrites {
+        keys: &many,
+        ..writes
+    };
+    flush::commit_flush(&mut conn, heimdall_db.backend(), large, Some(mark(5)))
+        .await
+        .unwrap();
+    assert!(
+        flush::commit_flush(&mut conn, heimdall_db.backend(), large, Some(mark(5)))
+            .await
+            .is_err()
+    );
+    assert_eq!(db.scalar(&usage).await, 15);
+    assert_eq!(db.scalar("select count(*) from dedup_keys").await, 5000);
+    drop(conn);
     heimdall_db.close().await;
     db.drop_db().await;
 }
@@ -897,6 +1054,18 @@ async fn migrated_postgres() -> Option<(TestDb, heimdall::db::Db)> {
     let heimdall_db = heimdall::db::Db::connect(&db.url).await.unwrap();
     heimdall_db.migrate().await.unwrap();
     Some((db, heimdall_db))
+}
+
+/// A delta of 5 to the budget of [`migrated_with_a_budget`], in its window.
+fn five_more(id: uuid::Uuid) -> heimdall::db::flush::BudgetDelta {
+    heimdall::db::flush::BudgetDelta {
+        id,
+        item: heimdall::engine::counter::FlushItem {
+            start: 1000,
+            delta: 5,
+            reset: false,
+        },
+    }
 }
 
 /// `db` migrated through a handle on it, with one budget (usage 0, window from 1000).

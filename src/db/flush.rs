@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use sqlx::Row;
 use uuid::Uuid;
 
+use super::marks::{Mark, UPSERT_TAIL};
 use super::rows::{parse_uuid, uuid_text};
 use super::{Backend, Conn, DbError};
 use crate::domain::Micros;
@@ -502,15 +503,27 @@ const CURRENT_USAGE_VERSION: &str = "(select usage_version from heimdall_clock w
 /// for a core. A large flush is a transaction of statements sent one by one (on SQLite, as
 /// one string, a minute of batch load left RSS ~30 MiB higher); on PostgreSQL those of the
 /// counters bind their rows as parameters (see [`rows_table`]).
+///
+/// On PostgreSQL the flush raises this process's commit mark to `mark` in the same
+/// transaction (see [`super::marks`]): a commit whose outcome is unknown can then be resolved
+/// without writing its deltas twice. SQLite takes no mark (`None`): its results are always
+/// known.
 pub async fn commit_flush(
     c: &mut Conn,
     backend: Backend,
     writes: FlushWrites<'_>,
+    mark: Option<Mark>,
 ) -> Result<i64, DbError> {
     if backend == Backend::Postgres && writes.rows() <= PREPARED_MAX_ROWS {
-        return commit_prepared(c, writes).await;
+        return commit_prepared(c, writes, mark).await;
     }
-    let statements = writes.statements(backend, CURRENT_USAGE_VERSION);
+    let mut statements = writes.statements(backend, CURRENT_USAGE_VERSION);
+    if let Some(mark) = mark {
+        statements.push(Statement {
+            sql: mark.upsert_sql(),
+            params: Vec::new(),
+        });
+    }
     let size: usize = statements.iter().map(|s| s.sql.len()).sum();
     // PostgreSQL's statements bind parameters, which a string of statements cannot.
     if backend == Backend::Postgres || size > ONE_ROUND_TRIP_MAX {
@@ -590,7 +603,10 @@ static POSTGRES_FLUSH: std::sync::LazyLock<String> = std::sync::LazyLock::new(||
          k as (insert into dedup_keys (key_hi, key_lo, expires_at) \
              select * from unnest($20::bigint[], $21::bigint[], $22::bigint[]) \
              where (select count(*) from u) >= 0 \
-             on conflict do nothing) \
+             on conflict do nothing), \
+         m as (insert into commit_marks (writer, seq, fenced, moved_at, fresh) \
+             select $23::bigint, $24::bigint, false, $25::bigint, true where $26 \
+             {UPSERT_TAIL}) \
          select usage_version from clock"
     )
 });
@@ -644,7 +660,11 @@ fn columns<const N: usize>() -> [ArrayText; N] {
 }
 
 /// [`POSTGRES_FLUSH`] with `writes` bound.
-async fn commit_prepared(c: &mut Conn, writes: FlushWrites<'_>) -> Result<i64, DbError> {
+async fn commit_prepared(
+    c: &mut Conn,
+    writes: FlushWrites<'_>,
+    mark: Option<Mark>,
+) -> Result<i64, DbError> {
     let mut budgets = columns::<3>();
     for d in writes.budgets {
         budgets[0].id(Some(d.id));
@@ -683,8 +703,21 @@ async fn commit_prepared(c: &mut Conn, writes: FlushWrites<'_>) -> Result<i64, D
     for column in budgets.into_iter().chain(rates).chain(rollups).chain(keys) {
         query = query.bind(column.done());
     }
-    let row = query.fetch_optional(c).await?;
-    match row {
+    let m = mark.unwrap_or(Mark {
+        writer: 0,
+        seq: 0,
+        at: 0,
+    });
+    query = query
+        .bind(m.writer)
+        .bind(m.seq)
+        .bind(m.at)
+        .bind(mark.is_some());
+    // Every row, to the end: the statement commits when its results are over (at the
+    // protocol's sync), and only the end says it did. Taking the first row and returning
+    // would acknowledge a commit the server may still fail or lose in a crash.
+    let rows = query.fetch_all(c).await?;
+    match rows.first() {
         Some(row) => Ok(row.try_get(0)?),
         None => Ok(0),
     }

@@ -22,6 +22,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::flush::{self, BudgetDelta, FlushWrites, RateLimitDelta};
+use super::marks::{Mark, UPSERT_TAIL};
 use super::{Backend, Conn, Db, DbError};
 use crate::domain::Micros;
 use crate::engine::counter::FlushItem;
@@ -141,21 +142,35 @@ fn corrupt(message: String) -> DbError {
     }
 }
 
-/// Appends one group commit; the entry's id.
-pub async fn append(c: &mut Conn, writer: i64, writes: &FlushWrites<'_>) -> Result<i64, DbError> {
+/// The entry and the mark in one statement, which is its own transaction.
+static APPEND: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "with m as (insert into commit_marks (writer, seq, fenced, moved_at, fresh) \
+             values ($1, $2, false, $3, true) {UPSERT_TAIL}) \
+         insert into usage_journal (writer, seq, entry) values ($1, $2, $4)"
+    )
+});
+
+/// Appends one group commit as the entry of `mark`'s writer and number, raising the writer's
+/// commit mark in the same statement (see [`super::marks`]).
+pub async fn append(c: &mut Conn, mark: Mark, writes: &FlushWrites<'_>) -> Result<(), DbError> {
     let entry = serde_json::to_string(&Entry::of(writes))
         .map_err(|e| corrupt(format!("an entry cannot be encoded: {e}")))?;
-    let row = sqlx::query("insert into usage_journal (writer, entry) values ($1, $2) returning id")
-        .bind(writer)
+    // `execute` reads the results to the end: only the end tells that the statement
+    // committed.
+    sqlx::query(APPEND.as_str())
+        .bind(mark.writer)
+        .bind(mark.seq)
+        .bind(mark.at)
         .bind(entry)
-        .fetch_one(c)
+        .execute(c)
         .await?;
-    Ok(row.try_get(0)?)
+    Ok(())
 }
 
-/// The ids of `writer`'s entries that no fold has taken yet.
+/// The commit numbers of `writer`'s entries that no fold has taken yet.
 pub async fn unfolded(c: &mut Conn, writer: i64) -> Result<Vec<i64>, DbError> {
-    let rows = sqlx::query("select id from usage_journal where writer = $1")
+    let rows = sqlx::query("select seq from usage_journal where writer = $1")
         .bind(writer)
         .fetch_all(c)
         .await?;
@@ -167,7 +182,7 @@ pub async fn unfolded(c: &mut Conn, writer: i64) -> Result<Vec<i64>, DbError> {
 pub struct Folded {
     /// Entries folded, whoever wrote them.
     pub entries: usize,
-    /// The ids of the folded entries that `writer` wrote.
+    /// The commit numbers of the folded entries that `writer` wrote.
     pub own: Vec<i64>,
     /// Whether any folded entry was another process's.
     pub foreign: bool,
@@ -184,10 +199,13 @@ pub fn used(backend: Backend) -> bool {
     backend == Backend::Postgres
 }
 
-/// Folds every entry committed before the call into the counters, rollups and keys (see
-/// [`Fold`]).
-pub async fn fold(db: &Db, writer: i64) -> Result<Folded, DbError> {
-    let mut fold = Fold::start(db, writer).await?;
+/// Folds every entry committed before the call into the counters, rollups and keys, waiting
+/// for the folds of other processes that hold some of them: when it returns, every such entry
+/// is in the tables (a starting process then loads them, keys included: a key that only an
+/// entry held would not recognise a retry).
+pub async fn fold_all(db: &Db) -> Result<Folded, DbError> {
+    let mut fold = Fold::start(db, 0).await?;
+    fold.wait = true;
     while fold.next(db).await? {}
     Ok(fold.folded)
 }
@@ -200,6 +218,8 @@ pub async fn fold(db: &Db, writer: i64) -> Result<Folded, DbError> {
 #[derive(Debug)]
 pub struct Fold {
     writer: i64,
+    /// Wait for entries another process is folding, rather than skip them.
+    wait: bool,
     /// The last entry to fold (none: nothing to do).
     last: Option<i64>,
     pub folded: Folded,
@@ -217,6 +237,7 @@ impl Fold {
         }
         Ok(Fold {
             writer,
+            wait: false,
             last,
             folded: Folded::default(),
         })
@@ -228,24 +249,30 @@ impl Fold {
             return Ok(false);
         };
         let mut tx = db.begin().await?;
-        let rows = sqlx::query(
+        let sql = if self.wait {
+            "delete from usage_journal where id in (select id from usage_journal \
+             where id <= $1 order by id limit $2 for update) \
+             returning id, writer, seq, entry"
+        } else {
             "delete from usage_journal where id in (select id from usage_journal \
              where id <= $1 order by id limit $2 for update skip locked) \
-             returning id, writer, entry",
-        )
-        .bind(last)
-        .bind(BATCH)
-        .fetch_all(&mut *tx)
-        .await?;
+             returning id, writer, seq, entry"
+        };
+        let rows = sqlx::query(sql)
+            .bind(last)
+            .bind(BATCH)
+            .fetch_all(&mut *tx)
+            .await?;
         let mut own = Vec::new();
         let mut foreign = false;
         let mut taken = Vec::with_capacity(rows.len());
         for row in &rows {
             let id: i64 = row.try_get(0)?;
             let from: i64 = row.try_get(1)?;
-            let text: String = row.try_get(2)?;
+            let seq: i64 = row.try_get(2)?;
+            let text: String = row.try_get(3)?;
             if from == self.writer {
-                own.push(id);
+                own.push(seq);
             } else {
                 foreign = true;
             }
@@ -255,6 +282,11 @@ impl Fold {
         let count = taken.len();
         if count == 0 {
             tx.rollback().await?;
+            // Waiting, a batch comes back short when another process folded what it waited
+            // for: done only once no entry up to `last` is left, committed or being folded.
+            if self.wait && remaining(db, last).await? {
+                return Ok(true);
+            }
             self.last = None;
             return Ok(false);
         }
@@ -272,11 +304,22 @@ impl Fold {
         if version > 0 {
             self.folded.versions.push(version);
         }
-        if (count as i64) < BATCH {
+        if (count as i64) < BATCH && !self.wait {
             self.last = None;
         }
         Ok(self.last.is_some())
     }
+}
+
+/// Whether entries up to `last` are still in the journal (some perhaps being folded by
+/// another process, whose delete is not committed yet).
+async fn remaining(db: &Db, last: i64) -> Result<bool, DbError> {
+    let mut c = db.acquire().await?;
+    let left: Vec<i64> = sqlx::query_scalar("select id from usage_journal where id <= $1 limit 1")
+        .bind(last)
+        .fetch_all(&mut *c)
+        .await?;
+    Ok(!left.is_empty())
 }
 
 /// The statements that fold `entries` (id, text).

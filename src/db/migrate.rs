@@ -27,6 +27,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         "usage_journal",
         include_str!("../../migrations/postgres/0004_usage_journal.sql"),
     ),
+    (
+        5,
+        "commit_marks",
+        include_str!("../../migrations/postgres/0005_commit_marks.sql"),
+    ),
 ];
 const SQLITE: &[(i64, &str, &str)] = &[
     (

@@ -4,6 +4,7 @@
 pub mod flush;
 pub mod journal;
 mod load;
+pub mod marks;
 mod migrate;
 pub mod report;
 mod rows;
@@ -57,6 +58,27 @@ pub enum DbError {
         table: &'static str,
         message: String,
     },
+}
+
+impl DbError {
+    /// Whether the database could not be reached or went away (as opposed to refusing what
+    /// was asked): worth retrying once it is back.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            DbError::Sqlx(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
+                // Shutting down, crashed, or starting up (PostgreSQL's class 57P).
+                sqlx::Error::Database(db) => {
+                    matches!(db.code().as_deref(), Some("57P01" | "57P02" | "57P03"))
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
 }
 
 impl From<sqlx::Error> for DbError {
@@ -187,10 +209,13 @@ impl Db {
     pub async fn connect_with_cache(url: &str, writer_cache_mib: u32) -> Result<Db, DbError> {
         sqlx::any::install_default_drivers();
         let backend = Backend::from_url(url)?;
+        let sep = if url.contains('?') { '&' } else { '?' };
         let url = match backend {
-            Backend::Sqlite if !url.contains("mode=") => {
-                let sep = if url.contains('?') { '&' } else { '?' };
-                format!("{url}{sep}mode=rwc")
+            Backend::Sqlite if !url.contains("mode=") => format!("{url}{sep}mode=rwc"),
+            // Sessions tell which transactions are Heimdall's (see
+            // [`marks::await_transactions_in_flight`]).
+            Backend::Postgres if !url.contains("application_name=") => {
+                format!("{url}{sep}application_name={}", marks::APPLICATION_NAME)
             }
             _ => url.to_owned(),
         };

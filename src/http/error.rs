@@ -133,6 +133,9 @@ impl From<DbError> for ApiError {
             DbError::Conflict(m) => {
                 ApiError::Conflict(format!("conflicts with an existing entity: {m}"))
             }
+            unreachable if unreachable.is_unreachable() => ApiError::Unavailable(format!(
+                "the database is unreachable ({unreachable}); retry once it is back"
+            )),
             other => ApiError::Internal(other.to_string()),
         }
     }
