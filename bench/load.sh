@@ -8,6 +8,7 @@
 #   LOG_LEVEL=info bench/load.sh      # with the access log (one line per request, to a file)
 #   BENCH_POSTGRES=postgres://postgres@127.0.0.1:5432 bench/load.sh
 #                                     # on PostgreSQL: a fresh database there, dropped afterwards
+#   BENCH_POSTGRES_QUERY='?sslmode=disable' ...   # URL parameters for Heimdall's connections
 # Batches come from a few senders (gateways flushing their buffers), so /v1/usage/batch is
 # driven by BATCH_CONNECTIONS (default 8) rather than the 64 connections of the per-request
 # endpoints.
@@ -32,7 +33,7 @@ pid=""
 if [ -n "${BENCH_POSTGRES:-}" ]; then
     bench_db="heimdall_bench_$$"
     psql "$BENCH_POSTGRES/postgres" -qc "create database $bench_db"
-    database_url="$BENCH_POSTGRES/$bench_db"
+    database_url="$BENCH_POSTGRES/$bench_db${BENCH_POSTGRES_QUERY:-}"
 fi
 cleanup() {
     kill "$pid" 2>/dev/null || true

@@ -46,7 +46,7 @@ const VERDICTS: [Verdict; 11] = [
     Verdict::BudgetExceeded,
 ];
 
-/// Every series Heimdall exports: name, type, help. The README's table lists the same.
+/// Every series Heimdall exports: name, type, help. `docs/operations.md` lists the same.
 const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ("heimdall_http_requests_total", "counter", "HTTP requests answered, by route template, method and status."),
     ("heimdall_http_request_duration_seconds", "histogram", "Time to answer an HTTP request, by route template, method and status."),

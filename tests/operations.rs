@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Every series the README documents.
+/// Every series `docs/operations.md` documents.
 const SERIES: &[&str] = &[
     "heimdall_http_requests_total",
     "heimdall_http_request_duration_seconds",
@@ -23,6 +23,7 @@ const SERIES: &[&str] = &[
     "heimdall_flush_rows_total",
     "heimdall_flush_failures_total",
     "heimdall_journal_entries_total",
+    "heimdall_unknown_commits_total",
     "heimdall_pending_deltas",
     "heimdall_database_up",
     "heimdall_entities",

@@ -1,5 +1,6 @@
 //! What is written survives a restart, on both backends: every entity exactly as it was, and
-//! the usage of a budget whose limits change.
+//! the usage of a budget whose limits change. PostgreSQL over TLS, as the URL's `sslmode`
+//! asks.
 
 mod common;
 
@@ -155,4 +156,91 @@ async fn migrations_are_applied_once(db: &TestDb) {
     let app = app.restart().await;
     assert_eq!(app.get("/api/governance/customers").await.1["count"], 1);
     app.stop().await;
+}
+
+/// An app on `database_url`, or the start-up error's message.
+async fn start_on(database_url: String) -> Result<TestApp, String> {
+    let config = heimdall::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url,
+        ..heimdall::Config::default()
+    };
+    match heimdall::App::build(config.clone()).await {
+        Ok(app) => {
+            drop(app);
+            Ok(TestApp::start(config).await)
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// PostgreSQL over TLS: `require` encrypts without checking the certificate, `verify-full`
+/// checks it against `sslrootcert` (the system's roots without it) and the host name; a
+/// certificate that does not verify, or a server without TLS under `require`, stops the start
+/// with an error that says so (and shows no password).
+#[tokio::test]
+async fn postgres_connections_use_tls_as_the_url_asks() {
+    use common::cluster::{Server, TlsFiles};
+    let Some(tls) = TlsFiles::make() else {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "the TLS test needs the openssl command"
+        );
+        eprintln!("SKIPPED TLS test: no openssl command");
+        return;
+    };
+    let Some(server) = Server::start_or_skip("the TLS test", &tls.server_settings()) else {
+        return;
+    };
+    let url = |host: &str, query: &str| {
+        format!(
+            "postgres://postgres:not-a-secret@{host}:{}/postgres?{query}",
+            server.port()
+        )
+    };
+
+    let app = start_on(url("127.0.0.1", "sslmode=require")).await.unwrap();
+    let (status, body) = app
+        .post("/api/governance/customers", json!({"name": "over tls"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let db = TestDb::from_url(url("127.0.0.1", "sslmode=require"));
+    let heimdall_sessions = |ssl: bool| {
+        format!(
+            "select count(*) from pg_stat_ssl join pg_stat_activity using (pid) \
+             where application_name = 'heimdall' and ssl = {ssl}"
+        )
+    };
+    assert!(db.scalar(&heimdall_sessions(true)).await >= 1);
+    assert_eq!(db.scalar(&heimdall_sessions(false)).await, 0);
+    app.stop().await;
+
+    let verified = format!("sslmode=verify-full&sslrootcert={}", tls.authority());
+    let app = start_on(url("localhost", &verified)).await.unwrap();
+    app.stop().await;
+
+    let refused = start_on(url("localhost", "sslmode=verify-full"))
+        .await
+        .err()
+        .unwrap();
+    assert!(refused.contains("certificate"), "{refused}");
+    assert!(refused.contains("sslrootcert"), "{refused}");
+    assert!(!refused.contains("not-a-secret"), "{refused}");
+    let wrong_host = format!("sslmode=verify-full&sslrootcert={}", tls.authority());
+    let refused = start_on(url("127.0.0.2", &wrong_host)).await.err();
+    assert!(refused.is_some(), "the certificate does not name 127.0.0.2");
+
+    let Some(plain) = Server::start_or_skip("the TLS test", common::cluster::NO_FSYNC) else {
+        return;
+    };
+    let refused = start_on(format!(
+        "postgres://postgres:not-a-secret@127.0.0.1:{}/postgres?sslmode=require",
+        plain.port()
+    ))
+    .await
+    .err()
+    .unwrap();
+    assert!(refused.contains("does not accept TLS"), "{refused}");
+    assert!(!refused.contains("not-a-secret"), "{refused}");
 }

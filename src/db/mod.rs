@@ -53,11 +53,50 @@ pub enum DbError {
     Sqlx(sqlx::Error),
     #[error("migration {version} failed: {source}")]
     Migration { version: i64, source: sqlx::Error },
+    /// The TLS connection the URL's `sslmode` asks for could not be made.
+    #[error("{0}")]
+    Tls(String),
     #[error("corrupt row in {table}: {message}")]
     Corrupt {
         table: &'static str,
         message: String,
     },
+}
+
+/// A PostgreSQL connection's failure at start, with what to do about it when TLS is the
+/// cause. Names only the URL's `sslmode`, nothing else of it (a password may be there).
+fn connect_error(e: sqlx::Error, url: &str) -> DbError {
+    let sslmode = url
+        .split_once('?')
+        .and_then(|(_, query)| {
+            query
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("sslmode="))
+        })
+        .unwrap_or("prefer (the default)");
+    let text = e.to_string();
+    if matches!(e, sqlx::Error::Tls(_)) && text.contains("does not support TLS") {
+        return DbError::Tls(format!(
+            "the database server does not accept TLS connections, and the URL's sslmode \
+             ({sslmode}) requires TLS: enable ssl on the server, or set sslmode=prefer or \
+             sslmode=disable in the database URL"
+        ));
+    }
+    if text.contains("invalid peer certificate") {
+        let detail = text.rsplit(": ").next().unwrap_or(&text);
+        return DbError::Tls(format!(
+            "the database server's TLS certificate did not verify ({detail}; sslmode \
+             {sslmode}): name the authority that signed it with sslrootcert=/path/to/ca.pem in \
+             the database URL (without it the system's trusted roots are used); verify-full \
+             also requires the certificate to name the URL's host"
+        ));
+    }
+    if matches!(e, sqlx::Error::Tls(_)) {
+        return DbError::Tls(format!(
+            "TLS to the database failed (sslmode {sslmode}): {text}"
+        ));
+    }
+    DbError::from(e)
 }
 
 impl DbError {
@@ -254,10 +293,11 @@ impl Db {
         let (pool, writer, flusher) = match backend {
             Backend::Postgres => {
                 let flusher = FlushPool {
-                    pool: pool_of(1, 0).await?,
+                    pool: pool_of(1, 0).await.map_err(|e| connect_error(e, &url))?,
                     kept: tokio::sync::Mutex::new(None),
                 };
-                (pool_of(16, 0).await?, None, Some(Arc::new(flusher)))
+                let pool = pool_of(16, 0).await.map_err(|e| connect_error(e, &url))?;
+                (pool, None, Some(Arc::new(flusher)))
             }
             // SQLite takes one writer at a time anyway. Keeping every write on one connection
             // keeps that connection's page cache valid from one transaction to the next (a

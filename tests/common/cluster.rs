@@ -282,3 +282,123 @@ async fn relay(
         }
     }
 }
+
+/// A certificate authority and a server certificate for `localhost` (and 127.0.0.1) signed by
+/// it, made with the `openssl` command in a temporary directory the server can read.
+pub struct TlsFiles {
+    pub dir: PathBuf,
+}
+
+impl TlsFiles {
+    /// `None` when the `openssl` command is missing.
+    pub fn make() -> Option<TlsFiles> {
+        let dir =
+            std::env::temp_dir().join(format!("heimdall_tls_{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).ok()?;
+        std::fs::write(
+            dir.join("san.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )
+        .ok()?;
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let steps: [Vec<&str>; 3] = [
+            [
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.crt",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=heimdall test authority",
+                ],
+            ]
+            .concat(),
+            [
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "server.key",
+                    "-out",
+                    "server.csr",
+                    "-subj",
+                    "/CN=localhost",
+                ],
+            ]
+            .concat(),
+            vec![
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.crt",
+                "-days",
+                "2",
+                "-extfile",
+                "san.ext",
+            ],
+        ];
+        for args in steps {
+            let ok = Command::new("openssl")
+                .args(&args)
+                .current_dir(&dir)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if !ok {
+                return None;
+            }
+        }
+        // PostgreSQL reads its key only when the database user owns it, unreadable to others.
+        Command::new("chmod")
+            .args(["600"])
+            .arg(dir.join("server.key"))
+            .status()
+            .ok()?;
+        if is_root() {
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .ok()?;
+        }
+        Some(TlsFiles { dir })
+    }
+
+    pub fn authority(&self) -> String {
+        self.dir.join("ca.crt").display().to_string()
+    }
+
+    /// Settings of a server that offers TLS with the server certificate.
+    pub fn server_settings(&self) -> String {
+        format!(
+            "{NO_FSYNC} -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            self.dir.join("server.crt").display(),
+            self.dir.join("server.key").display()
+        )
+    }
+}
+
+impl Drop for TlsFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
