@@ -14,6 +14,7 @@ Run through bench/soak.sh, which builds the release binary first. Environment:
   PG_DOWN (3)         seconds PostgreSQL stays down
   CLIENTS (6)         traffic threads, half on each replica
   KEYS (20)           virtual keys
+  ADMIN_EVERY (0.5)   seconds between admin changes (0: none)
   PG_SETTINGS         extra server settings (default: a disk whose flushes take 2 ms)
   HEIMDALL_BIN        the binary (target/release/heimdall)
 """
@@ -36,6 +37,7 @@ FAULT_EVERY = float(os.environ.get("FAULT_EVERY", "6"))
 PG_DOWN = float(os.environ.get("PG_DOWN", "3"))
 CLIENTS = int(os.environ.get("CLIENTS", "6"))
 KEYS = int(os.environ.get("KEYS", "20"))
+ADMIN_EVERY = float(os.environ.get("ADMIN_EVERY", "0.5"))
 # Commits wait 2 ms between writing their commit record and flushing it, as on a disk whose
 # flushes take that long: crashes then land inside commits often.
 PG_SETTINGS = os.environ.get("PG_SETTINGS", "-c fsync=on -c commit_delay=2000 -c commit_siblings=0")
@@ -91,12 +93,16 @@ class Postgres:
     def stop(self):
         self.tool("pg_ctl", "-D", f"{self.dir}/data", "-m", "fast", "-w", "stop")
 
-    def query(self, sql):
+    def rows(self, sql):
         out = subprocess.check_output(
             ["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres", "-Atc", sql],
             text=True,
         )
-        return int(out.strip() or 0)
+        return [line.split("|") for line in out.splitlines() if line]
+
+    def query(self, sql):
+        rows = self.rows(sql)
+        return int(rows[0][0]) if rows else 0
 
 
 class Replica:
@@ -228,8 +234,8 @@ def traffic(client, replica, keys, stop, stop_hard, totals):
 
 
 def admin(replicas, keys, stop, totals):
-    """Changes limits (never their windows) on either replica, twice a second."""
-    while not stop.is_set():
+    """Changes limits (never their windows) on either replica, every ADMIN_EVERY seconds."""
+    while ADMIN_EVERY > 0 and not stop.is_set():
         replica = random.choice(replicas)
         key = random.choice(keys)
         if random.random() < 0.5:
@@ -242,7 +248,7 @@ def admin(replicas, keys, stop, totals):
         elif status not in (None, 503):
             totals.unexpected.append(f"PUT virtual key: {status} {data}")
             return
-        time.sleep(0.5)
+        time.sleep(ADMIN_EVERY)
 
 
 def setup(replica):
@@ -349,6 +355,15 @@ def main():
             "cost in nano-dollars (customer budget)": acked.nanos,
             "cost in nano-dollars (rollups)": acked.nanos,
         }
+        # Each key's counters against its own rollups: which keys a difference is on.
+        keys_off = pg.rows(
+            "select v.name, r.token_current_usage, b.current_usage, "
+            "coalesce(sum(u.tokens), 0), coalesce(sum(u.cost), 0) "
+            "from virtual_keys v join rate_limits r on r.id = v.rate_limit_id "
+            "join budgets b on b.id = v.budget_id left join usage_rollups u on u.virtual_key_id = v.id "
+            "group by v.name, r.token_current_usage, b.current_usage "
+            "having r.token_current_usage <> coalesce(sum(u.tokens), 0) "
+            "or b.current_usage <> coalesce(sum(u.cost), 0)")
         journal = pg.query("select count(*) from usage_journal")
         print()
         print(f"updates acknowledged: {acked.updates} ({acked.batches} batches of 20 among them), "
@@ -361,6 +376,10 @@ def main():
             print(f"  {name:40} acknowledged {expected[name]:>14}  stored {value:>14}  difference {difference}")
             failed |= difference != 0
         print(f"journal entries left after both replicas stopped: {journal}")
+        for name, tokens, nanos, rollup_tokens, rollup_nanos in keys_off:
+            print(f"  key {name}: tokens {tokens} (rollups {rollup_tokens}), "
+                  f"budget {nanos} (rollups {rollup_nanos})")
+        failed |= bool(keys_off)
         for problem in unclean + acked.unexpected[:10]:
             print(f"problem: {problem}")
         failed |= bool(unclean or acked.unexpected)

@@ -51,6 +51,13 @@ async fn metrics_expose_every_series_and_move_with_traffic() {
         .await;
     let key = created["virtual_key"]["value"].as_str().unwrap().to_owned();
     let before = app.metrics().await;
+    // A fresh process shows the latency of what it answered at once, not after an upkeep.
+    assert!(
+        before.contains(
+            "heimdall_http_request_duration_seconds_count{route=\"/api/governance/virtual-keys\""
+        ),
+        "{before}"
+    );
     assert_eq!(
         value(&before, "heimdall_entities{kind=\"virtual_key\"}"),
         1.0

@@ -130,17 +130,29 @@ impl Counter {
     /// Adds to the usage of the window that contains `now`.
     pub fn add(&self, rule: &WindowRule, now: Micros, amount: i64) {
         self.roll(rule, now);
-        self.pending.fetch_add(amount, Ordering::AcqRel);
+        // Sequentially consistent with the mark below and the flush's clear-then-read: see
+        // [`Counter::mark_dirty`].
+        self.pending.fetch_add(amount, Ordering::SeqCst);
     }
 
-    /// Marks the counter dirty; true when it was clean (the caller queues it for the flush).
+    /// Marks the counter dirty after an [`add`](Counter::add); true when it was clean (the
+    /// caller queues it for the flush).
+    ///
+    /// The flush clears the mark, then reads `pending`; an increment adds to `pending`, then
+    /// reads the mark. Each side writes one location and reads the other, so with anything
+    /// weaker than sequential consistency both could read the old value: the flush misses the
+    /// increment while the increment sees the mark still set and queues nothing. The counter
+    /// would then stay marked and unqueued, written only by full ticks, and durable writers
+    /// would be acknowledged by group commits that do not hold their updates. All four
+    /// accesses are `SeqCst`, which forbids that outcome (on x86 they cost what the weaker
+    /// orderings do, but the flush's store).
     pub fn mark_dirty(&self) -> bool {
-        !self.dirty.load(Ordering::Relaxed) && !self.dirty.swap(true, Ordering::AcqRel)
+        !self.dirty.load(Ordering::SeqCst) && !self.dirty.swap(true, Ordering::SeqCst)
     }
 
     /// Clears the mark before the flush reads the counter: later increments mark it again.
     pub fn clear_dirty(&self) {
-        self.dirty.store(false, Ordering::Release);
+        self.dirty.store(false, Ordering::SeqCst);
     }
 
     /// Zeroes the counter and starts a new window at `now` (the admin reset endpoint, which
@@ -164,7 +176,7 @@ impl Counter {
     /// What the next flush must write for this counter, if anything.
     pub fn flush_item(&self) -> Option<FlushItem> {
         // Most counters have nothing to write: tell without taking the lock.
-        if self.pending.load(Ordering::Acquire) == 0
+        if self.pending.load(Ordering::SeqCst) == 0
             && self.persisted_start.load(Ordering::Acquire) == self.start.load(Ordering::Acquire)
         {
             return None;
@@ -173,7 +185,7 @@ impl Counter {
         let start = self.start.load(Ordering::Acquire);
         let item = FlushItem {
             start,
-            delta: self.pending.load(Ordering::Acquire),
+            delta: self.pending.load(Ordering::SeqCst),
             reset: self.persisted_start.load(Ordering::Acquire) != start,
         };
         (item.delta != 0 || item.reset).then_some(item)
