@@ -440,3 +440,73 @@ async fn a_read_back_counts_the_replicas_own_unfolded_journal_entries() {
     b.stop().await;
     db.drop_db().await;
 }
+
+/// Limit changes on either replica while both charge the same key keep every unit of usage:
+/// the key's budget and rate limit end equal to what was charged.
+#[tokio::test]
+async fn limit_changes_on_either_replica_under_load_keep_every_unit_of_usage() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let (a, b) = durable_pair(&db, Duration::from_millis(50)).await;
+    let (value, id) = shared_key(
+        &a,
+        json!({"budget": {"max_limit": 1e6, "reset_duration": "1Y"},
+               "rate_limit": {"token_max_limit": 1_000_000_000_000i64, "token_reset_duration": "1Y"}}),
+    )
+    .await;
+    for app in [&a, &b, &a, &b] {
+        app.flush().await;
+    }
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let mut load = Vec::new();
+    for app in [&a, &b] {
+        for _ in 0..3 {
+            let (client, url, value, sent) = (
+                app.client.clone(),
+                app.url("/v1/usage"),
+                value.clone(),
+                std::sync::Arc::clone(&sent),
+            );
+            load.push(tokio::spawn(async move {
+                for _ in 0..300 {
+                    let r = client
+                        .post(&url)
+                        .json(&json!({"virtual_key": value, "tokens_used": 1, "cost": 0.000001}))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 202);
+                    sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }));
+        }
+    }
+    for i in 0..60 {
+        let app = if i % 2 == 0 { &a } else { &b };
+        let body = if i % 3 == 0 {
+            json!({"rate_limit": {"token_max_limit": 2_000_000_000_000i64 + i, "token_reset_duration": "1Y"}})
+        } else {
+            json!({"budget": {"max_limit": 1e6 + i as f64, "reset_duration": "1Y"}})
+        };
+        let (status, body) = app
+            .put(&format!("/api/governance/virtual-keys/{id}"), body)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for t in load {
+        t.await.unwrap();
+    }
+    let sent = sent.load(std::sync::atomic::Ordering::SeqCst);
+    a.stop().await;
+    b.stop().await;
+    let tokens = db
+        .scalar("select r.token_current_usage from virtual_keys v join rate_limits r on r.id = v.rate_limit_id")
+        .await;
+    let nanos = db
+        .scalar("select b.current_usage from virtual_keys v join budgets b on b.id = v.budget_id")
+        .await;
+    assert_eq!((tokens, nanos), (sent, sent * 1000));
+    db.drop_db().await;
+}
