@@ -510,3 +510,48 @@ async fn limit_changes_on_either_replica_under_load_keep_every_unit_of_usage() {
     assert_eq!((tokens, nanos), (sent, sent * 1000));
     db.drop_db().await;
 }
+
+/// A reload reads one consistent state: a key created on another replica while the reload
+/// runs is there with its limits, or not there at all, never without them (it would be
+/// admitted and charged with no key-level budget until the next reload).
+#[tokio::test]
+async fn a_reload_never_sees_a_key_without_the_limits_it_was_created_with() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let app = TestApp::start(config_for(&db)).await;
+    let reader = heimdall::db::Db::connect(&db.url).await.unwrap();
+    let creating = {
+        let (client, url) = (app.client.clone(), app.url("/api/governance/virtual-keys"));
+        tokio::spawn(async move {
+            for i in 0..150 {
+                let r = client
+                    .post(&url)
+                    .json(&json!({"name": format!("k{i}"),
+                        "budget": {"max_limit": 1.0, "reset_duration": "1d"},
+                        "rate_limit": {"token_max_limit": 10, "token_reset_duration": "1h"}}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+            }
+        })
+    };
+    let mut loads = 0;
+    while !creating.is_finished() {
+        let s = reader.load(None).await.unwrap();
+        for vk in s.virtual_keys.values() {
+            assert!(
+                vk.limits.budget.is_some() && vk.limits.rate_limit.is_some(),
+                "key {} loaded without its limits (load {loads})",
+                vk.name
+            );
+        }
+        loads += 1;
+    }
+    creating.await.unwrap();
+    assert!(loads > 10, "the loads ran beside the creations: {loads}");
+    reader.close().await;
+    app.stop().await;
+    db.drop_db().await;
+}

@@ -385,7 +385,18 @@ impl Db {
         reuse: Option<&crate::engine::Snapshot>,
     ) -> Result<crate::engine::Snapshot, DbError> {
         let mut conn = self.pool.acquire().await?;
-        load_snapshot(&mut conn, reuse).await
+        // One snapshot for every table: read one after the other outside a transaction, an
+        // entity created meanwhile (on another replica) could be read without the limits it
+        // was created with, and be admitted and charged without them until the next reload.
+        let mut tx = conn.begin().await?;
+        if self.backend() == Backend::Postgres {
+            sqlx::query("set transaction isolation level repeatable read")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let snapshot = load_snapshot(&mut tx, reuse).await?;
+        tx.commit().await?;
+        Ok(snapshot)
     }
 
     /// A connection from the pool (for the worker's read-back).
