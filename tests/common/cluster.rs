@@ -34,6 +34,18 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Makes `dir` the `postgres` user's when we are root, so that the server can use it.
+fn give_to_postgres(dir: &Path) -> Option<()> {
+    if is_root() {
+        Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir)
+            .status()
+            .ok()?;
+    }
+    Some(())
+}
+
 /// Runs a PostgreSQL binary, as the `postgres` user when we are root (PostgreSQL refuses to
 /// run as root).
 fn pg(bin: &Path, tool: &str, args: &[&str]) -> bool {
@@ -70,13 +82,7 @@ impl Server {
         let dir =
             std::env::temp_dir().join(format!("heimdall_pg_{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).ok()?;
-        if is_root() {
-            Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(&dir)
-                .status()
-                .ok()?;
-        }
+        give_to_postgres(&dir)?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .ok()?
             .local_addr()
@@ -373,13 +379,7 @@ impl TlsFiles {
             .arg(dir.join("server.key"))
             .status()
             .ok()?;
-        if is_root() {
-            Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(&dir)
-                .status()
-                .ok()?;
-        }
+        give_to_postgres(&dir)?;
         Some(TlsFiles { dir })
     }
 
