@@ -570,14 +570,10 @@ impl Flusher {
     fn mark_dirty_again(&self, items: &Items) {
         let snapshot = self.store.snapshot();
         for (b, _) in &items.budgets {
-            if b.counter.mark_dirty() {
-                snapshot.dirty.push(Dirty::Budget(Arc::clone(b)));
-            }
+            snapshot.dirty.mark_budget(b);
         }
         for (r, _, _) in &items.rates {
-            if r.tokens.mark_dirty() {
-                snapshot.dirty.push(Dirty::RateLimit(Arc::clone(r)));
-            }
+            snapshot.dirty.mark_rate_limit(r);
         }
     }
 

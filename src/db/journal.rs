@@ -249,16 +249,16 @@ impl Fold {
             return Ok(false);
         };
         let mut tx = db.begin().await?;
-        let sql = if self.wait {
-            "delete from usage_journal where id in (select id from usage_journal \
-             where id <= $1 order by id limit $2 for update) \
-             returning id, writer, seq, entry"
+        let lock = if self.wait {
+            "for update"
         } else {
-            "delete from usage_journal where id in (select id from usage_journal \
-             where id <= $1 order by id limit $2 for update skip locked) \
-             returning id, writer, seq, entry"
+            "for update skip locked"
         };
-        let rows = sqlx::query(sql)
+        let sql = format!(
+            "delete from usage_journal where id in (select id from usage_journal \
+             where id <= $1 order by id limit $2 {lock}) returning id, writer, seq, entry"
+        );
+        let rows = sqlx::query(&sql)
             .bind(last)
             .bind(BATCH)
             .fetch_all(&mut *tx)

@@ -40,6 +40,21 @@ impl DirtySet {
             .push(dirty);
     }
 
+    /// Marks a budget's counter dirty, queueing it when it was clean.
+    pub fn mark_budget(&self, b: &Arc<Budget>) {
+        if b.counter.mark_dirty() {
+            self.push(Dirty::Budget(Arc::clone(b)));
+        }
+    }
+
+    /// Marks a rate limit dirty, queueing it when it was clean. One mark stands for both
+    /// dimensions, kept on the token counter.
+    pub fn mark_rate_limit(&self, r: &Arc<RateLimit>) {
+        if r.tokens.mark_dirty() {
+            self.push(Dirty::RateLimit(Arc::clone(r)));
+        }
+    }
+
     /// Takes every recorded limit.
     pub fn drain(&self) -> Vec<Dirty> {
         let mut out = Vec::new();

@@ -5,7 +5,7 @@ use super::check::{hierarchy, model_configs};
 use super::entities::{Limits, VirtualKey};
 use std::sync::Arc;
 
-use super::dirty::{Dirty, DirtySet};
+use super::dirty::DirtySet;
 use super::store::{ResolvedKey, Snapshot};
 use crate::domain::{Micros, Money};
 
@@ -66,16 +66,13 @@ fn charge_limits(limits: &Limits, charge: &Charge, now: Micros, dirty: &DirtySet
         if let Some(r) = charge.requests {
             rl.add_requests(now, r);
         }
-        // One mark for the whole rate limit, kept on its token counter.
-        if (charge.tokens.is_some() || charge.requests.is_some()) && rl.tokens.mark_dirty() {
-            dirty.push(Dirty::RateLimit(Arc::clone(rl)));
+        if charge.tokens.is_some() || charge.requests.is_some() {
+            dirty.mark_rate_limit(rl);
         }
     }
     if let (Some(b), Some(cost)) = (&limits.budget, charge.cost) {
         b.add(now, cost);
-        if b.counter.mark_dirty() {
-            dirty.push(Dirty::Budget(Arc::clone(b)));
-        }
+        dirty.mark_budget(b);
     }
 }
 
