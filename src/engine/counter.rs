@@ -144,8 +144,7 @@ impl Counter {
     /// increment while the increment sees the mark still set and queues nothing. The counter
     /// would then stay marked and unqueued, written only by full ticks, and durable writers
     /// would be acknowledged by group commits that do not hold their updates. All four
-    /// accesses are `SeqCst`, which forbids that outcome (on x86 they cost what the weaker
-    /// orderings do, but the flush's store).
+    /// accesses are `SeqCst`, which forbids that outcome.
     pub fn mark_dirty(&self) -> bool {
         !self.dirty.load(Ordering::SeqCst) && !self.dirty.swap(true, Ordering::SeqCst)
     }
