@@ -115,7 +115,7 @@ fn bench(c: &mut Criterion) {
         ..UsageEvent::default()
     };
     c.bench_function("usage_update_5_levels", |b| {
-        b.iter(|| apply(black_box(&s), black_box(&event), NOW))
+        b.iter(|| apply(black_box(&s), black_box(&event), NOW, &s.dirty.enter()))
     });
     let policy = CheckPolicy::default();
     let input = CheckInput {

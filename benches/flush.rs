@@ -57,7 +57,7 @@ async fn main() {
     for round in 1..=5 {
         let now = now_micros();
         for b in snapshot.budgets() {
-            b.add(now, round);
+            b.add(now, round, snapshot.dirty.current());
         }
         let started = Instant::now();
         let report = flusher.flush_once().await.unwrap();

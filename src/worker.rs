@@ -18,6 +18,7 @@ use crate::db::marks::{self, Mark};
 use crate::db::{Backend, Db, DbError};
 use crate::domain::time::now_micros;
 use crate::domain::Micros;
+use crate::engine::capture::Side;
 use crate::engine::counter::FlushItem;
 use crate::engine::dedup::{Dedup, DedupKey};
 use crate::engine::dirty::Dirty;
@@ -319,19 +320,21 @@ impl Flusher {
         // Everything applied up to here is in the counters read below.
         let covered = self.signal.seq.load(Ordering::SeqCst);
         let snapshot = self.store.snapshot();
-
-        // Marks are cleared before the counters are read, so an increment made meanwhile
-        // marks its counter again.
+        // Updates go to the other side from here on; the side left holds whole updates only,
+        // every one applied before `covered` among them (see `engine::capture`).
+        let side = snapshot.dirty.flip();
+        let keys = self.dedup.take_unsaved(side);
+        let rollups = self.rollups.drain(side);
         let mut budgets: Vec<Arc<Budget>> = Vec::new();
         let mut rates: Vec<Arc<RateLimit>> = Vec::new();
-        for d in snapshot.dirty.drain() {
+        for d in snapshot.dirty.drain(side) {
             match d {
                 Dirty::Budget(b) => {
-                    b.counter.clear_dirty();
+                    b.counter.clear_dirty(side);
                     budgets.push(b);
                 }
                 Dirty::RateLimit(r) => {
-                    r.tokens.clear_dirty();
+                    r.tokens.clear_dirty(side);
                     rates.push(r);
                 }
             }
@@ -340,9 +343,9 @@ impl Flusher {
         budgets.dedup_by_key(|b| b.id);
         rates.sort_by_key(|r| r.id);
         rates.dedup_by_key(|r| r.id);
-        let mut items = Items::collect(budgets.iter(), rates.iter(), now);
-        items.rollups = self.rollups.drain();
-        items.keys = self.dedup.take_unsaved();
+        let mut items = Items::collect(budgets.iter(), rates.iter(), now, side);
+        items.rollups = rollups;
+        items.keys = keys;
         let report = self.write_items(items, target).await?;
         self.signal.durable.send_if_modified(|done| {
             let advanced = covered > *done;
@@ -435,10 +438,14 @@ impl Flusher {
                 );
                 self.serve_durable_writers(Target::Journal).await?;
             }
+            // The side the last flip left: no update changes it (durable writers' commits
+            // above flip again, after `found` was written).
+            let side = 1 - snapshot.dirty.current();
             found.append(Items::collect(
                 budgets.iter().copied(),
                 rates.iter().copied(),
                 now_micros(),
+                side,
             ));
         }
         report.add(&self.write_items(found, Target::Tables).await?);
@@ -523,9 +530,9 @@ impl Flusher {
 
     /// Settles the commit whose outcome a failure left unknown, before anything else is
     /// written (the caller holds `flushing`): if it happened, its deltas count as written,
-    /// as after any commit; if not, its rollups and keys go back to be written, and its
-    /// counters, marked dirty again when it failed, are written with what they hold now.
-    /// Until it is settled, nothing is written, so a delta is never written twice.
+    /// as after any commit; if not, all it held goes to the current side, to be written with
+    /// the next flush. Until it is settled, nothing is written (no side is left), so a delta
+    /// is never written twice.
     async fn resolve(&self) -> Result<(), DbError> {
         let Some(attempt) = self.journal.unresolved().take() else {
             return Ok(());
@@ -558,23 +565,30 @@ impl Flusher {
             }
             items.flushed();
         } else {
-            self.rollups.restore(items.rollups);
-            self.dedup.restore_unsaved(items.keys);
+            self.requeue(items);
         }
         Ok(())
     }
 
-    /// Marks the counters of a failed write dirty again, so that the next group commit
-    /// writes them: a durable writer waiting for one of them is acknowledged only by a
-    /// commit that holds its update.
-    fn mark_dirty_again(&self, items: &Items) {
+    /// Gives everything a write that did not happen held to the current side: counter
+    /// deltas (marked dirty there), rollups and keys, together, so that the next flush
+    /// writes them whole and a durable writer waiting for one of them is acknowledged only
+    /// by a commit that holds its update.
+    fn requeue(&self, items: Items) {
         let snapshot = self.store.snapshot();
-        for (b, _) in &items.budgets {
-            snapshot.dirty.mark_budget(b);
+        let to = snapshot.dirty.current();
+        let from = items.side;
+        for (b, item) in &items.budgets {
+            b.counter.requeue(*item, from, to);
+            snapshot.dirty.mark_budget(b, to);
         }
-        for (r, _, _) in &items.rates {
-            snapshot.dirty.mark_rate_limit(r);
+        for (r, t, q) in &items.rates {
+            r.tokens.requeue(*t, from, to);
+            r.requests.requeue(*q, from, to);
+            snapshot.dirty.mark_rate_limit(r, to);
         }
+        self.rollups.restore(to, items.rollups);
+        self.dedup.restore_unsaved(to, items.keys);
     }
 
     /// A durable group commit in the middle of a full tick, for writers that wait (the
@@ -641,7 +655,6 @@ impl Flusher {
         let version = match written {
             Ok(version) => version,
             Err(e) => {
-                self.mark_dirty_again(&items);
                 match mark {
                     // Whether it committed is settled before the next write.
                     Some(mark) => {
@@ -652,10 +665,7 @@ impl Flusher {
                         });
                     }
                     // SQLite reports every commit's outcome: this one did not happen.
-                    None => {
-                        self.rollups.restore(items.rollups);
-                        self.dedup.restore_unsaved(items.keys);
-                    }
+                    None => self.requeue(items),
                 }
                 return Err(e);
             }
@@ -689,9 +699,11 @@ const MARKS_KEPT: Micros = 7 * 24 * 3600 * 1_000_000;
 /// meanwhile are served within a few milliseconds.
 const SWEEP_SLICE: usize = 1024;
 
-/// What one write holds: counters with their items, rollups and idempotency keys.
+/// What one write holds: counters with their items, rollups and idempotency keys, all taken
+/// from one side.
 #[derive(Default)]
 struct Items {
+    side: Side,
     budgets: Vec<(Arc<Budget>, FlushItem)>,
     /// Each rate limit with the items of its token and request counters.
     rates: Vec<(Arc<RateLimit>, FlushItem, FlushItem)>,
@@ -706,18 +718,22 @@ impl Items {
         budgets: impl Iterator<Item = &'a Arc<Budget>>,
         rates: impl Iterator<Item = &'a Arc<RateLimit>>,
         now: Micros,
+        side: Side,
     ) -> Items {
-        let mut items = Items::default();
+        let mut items = Items {
+            side,
+            ..Items::default()
+        };
         for b in budgets {
             b.counter.roll(&b.rule, now);
-            if let Some(item) = b.counter.flush_item() {
+            if let Some(item) = b.counter.flush_item(side) {
                 items.budgets.push((Arc::clone(b), item));
             }
         }
         for r in rates {
             r.tokens.roll(r.token_rule(), now);
             r.requests.roll(r.request_rule(), now);
-            let (t, q) = (r.tokens.flush_item(), r.requests.flush_item());
+            let (t, q) = (r.tokens.flush_item(side), r.requests.flush_item(side));
             if t.is_some() || q.is_some() {
                 let idle = |c: &crate::engine::counter::Counter| FlushItem {
                     start: c.raw().1,
@@ -737,15 +753,19 @@ impl Items {
     /// Takes the committed deltas off the counters' pending usage.
     fn flushed(&self) {
         for (b, item) in &self.budgets {
-            b.counter.flushed(*item);
+            b.counter.flushed(*item, self.side);
         }
         for (r, t, q) in &self.rates {
-            r.tokens.flushed(*t);
-            r.requests.flushed(*q);
+            r.tokens.flushed(*t, self.side);
+            r.requests.flushed(*q, self.side);
         }
     }
 
     fn append(&mut self, mut other: Items) {
+        if self.is_empty() {
+            self.side = other.side;
+        }
+        debug_assert_eq!(self.side, other.side, "one write takes one side");
         self.budgets.append(&mut other.budgets);
         self.rates.append(&mut other.rates);
         self.rollups.append(&mut other.rollups);

@@ -6,10 +6,15 @@
 //! `base` is the total the database last reported for the current window (what other
 //! replicas add arrives there at the next read-back). The usage is `base + pending`, so an
 //! increment is a single atomic add.
+//!
+//! Pending usage and the dirty mark come in two sides (see [`super::capture`]): updates add
+//! to the side that is current when they start, and a flush takes the side it has just left,
+//! which no update touches any more, so it never takes part of an update.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Mutex;
 
+use super::capture::Side;
 use crate::domain::{Micros, WindowRule};
 
 /// A counter shared by every snapshot of the entity that owns it, so that config changes keep
@@ -17,7 +22,7 @@ use crate::domain::{Micros, WindowRule};
 #[derive(Debug)]
 pub struct Counter {
     /// Added here and not yet flushed (current window only).
-    pending: AtomicI64,
+    pending: [AtomicI64; 2],
     /// Start of the current window (`last_reset`).
     start: AtomicI64,
     /// End (exclusive) of the current window, cached so that expiry is one comparison.
@@ -28,7 +33,7 @@ pub struct Counter {
     persisted_start: AtomicI64,
     /// Set when usage is added, cleared by the flush that takes it: a counter is queued for
     /// the next flush once per flush, not once per increment.
-    dirty: AtomicBool,
+    dirty: [AtomicBool; 2],
     /// Serialises window changes with the flush bookkeeping. Taken only when a window ends
     /// (once per window) and by the worker; plain increments never take it.
     window: Mutex<()>,
@@ -58,12 +63,12 @@ impl Counter {
     /// A counter as persisted: `used` in the window that started at `last_reset`.
     pub fn new(used: i64, last_reset: Micros, rule: &WindowRule) -> Self {
         Counter {
-            pending: AtomicI64::new(0),
+            pending: [AtomicI64::new(0), AtomicI64::new(0)],
             start: AtomicI64::new(last_reset),
             end: AtomicI64::new(rule.end_of(last_reset)),
             base: AtomicI64::new(used),
             persisted_start: AtomicI64::new(last_reset),
-            dirty: AtomicBool::new(false),
+            dirty: [AtomicBool::new(false), AtomicBool::new(false)],
             window: Mutex::new(()),
         }
     }
@@ -92,12 +97,12 @@ impl Counter {
     }
 
     fn used(&self) -> i64 {
-        self.base.load(Ordering::Acquire) + self.pending.load(Ordering::Acquire)
+        self.base.load(Ordering::Acquire) + self.pending()
     }
 
-    /// What this process added and has not yet written.
+    /// What this process added and has not yet written, on both sides.
     pub fn pending(&self) -> i64 {
-        self.pending.load(Ordering::Acquire)
+        self.pending[0].load(Ordering::Acquire) + self.pending[1].load(Ordering::Acquire)
     }
 
     /// The stored usage and window start, as they are (expired or not).
@@ -105,9 +110,17 @@ impl Counter {
         (self.used(), self.start.load(Ordering::Acquire))
     }
 
+    /// Drops what is pending on both sides (the window it was for is gone). Increments made
+    /// meanwhile by other threads are kept: only what was read is subtracted.
+    fn drop_pending(&self) {
+        for side in &self.pending {
+            let pending = side.load(Ordering::Acquire);
+            side.fetch_sub(pending, Ordering::AcqRel);
+        }
+    }
+
     /// Starts the window that contains `now` if the current one has ended; the usage of the
-    /// ended window, and what of it was not flushed, is dropped. Increments made meanwhile by
-    /// other threads are kept: only what was read under the window lock is subtracted.
+    /// ended window, and what of it was not flushed, is dropped.
     pub fn roll(&self, rule: &WindowRule, now: Micros) {
         if now < self.end.load(Ordering::Acquire) {
             return;
@@ -120,23 +133,22 @@ impl Counter {
         let Some(new_start) = rule.roll(start, now) else {
             return;
         };
-        let pending = self.pending.load(Ordering::Acquire);
         self.start.store(new_start, Ordering::Release);
         self.end.store(rule.end_of(new_start), Ordering::Release);
         self.base.store(0, Ordering::Release);
-        self.pending.fetch_sub(pending, Ordering::AcqRel);
+        self.drop_pending();
     }
 
-    /// Adds to the usage of the window that contains `now`.
-    pub fn add(&self, rule: &WindowRule, now: Micros, amount: i64) {
+    /// Adds to the usage of the window that contains `now`, on the update's `side`.
+    pub fn add(&self, rule: &WindowRule, now: Micros, amount: i64, side: Side) {
         self.roll(rule, now);
         // Sequentially consistent with the mark below and the flush's clear-then-read: see
         // [`Counter::mark_dirty`].
-        self.pending.fetch_add(amount, Ordering::SeqCst);
+        self.pending[side].fetch_add(amount, Ordering::SeqCst);
     }
 
-    /// Marks the counter dirty after an [`add`](Counter::add); true when it was clean (the
-    /// caller queues it for the flush).
+    /// Marks `side` of the counter dirty after an [`add`](Counter::add); true when it was
+    /// clean (the caller queues it for the flush of that side).
     ///
     /// The flush clears the mark, then reads `pending`; an increment adds to `pending`, then
     /// reads the mark. Each side writes one location and reads the other, so with anything
@@ -145,20 +157,22 @@ impl Counter {
     /// would then stay marked and unqueued, written only by full ticks, and durable writers
     /// would be acknowledged by group commits that do not hold their updates. All four
     /// accesses are `SeqCst`, which forbids that outcome.
-    pub fn mark_dirty(&self) -> bool {
-        !self.dirty.load(Ordering::SeqCst) && !self.dirty.swap(true, Ordering::SeqCst)
+    pub fn mark_dirty(&self, side: Side) -> bool {
+        !self.dirty[side].load(Ordering::SeqCst) && !self.dirty[side].swap(true, Ordering::SeqCst)
     }
 
-    /// Clears the mark before the flush reads the counter: later increments mark it again.
-    pub fn clear_dirty(&self) {
-        self.dirty.store(false, Ordering::SeqCst);
+    /// Clears the mark of `side` before the flush reads it: later increments mark it again.
+    pub fn clear_dirty(&self, side: Side) {
+        self.dirty[side].store(false, Ordering::SeqCst);
     }
 
     /// Zeroes the counter and starts a new window at `now` (the admin reset endpoint, which
     /// writes the same to the database itself).
     pub fn reset(&self, rule: &WindowRule, now: Micros) {
         let _window = self.lock();
-        self.pending.store(0, Ordering::Release);
+        for side in &self.pending {
+            side.store(0, Ordering::Release);
+        }
         self.base.store(0, Ordering::Release);
         self.start.store(now, Ordering::Release);
         self.end.store(rule.end_of(now), Ordering::Release);
@@ -172,10 +186,10 @@ impl Counter {
         self.end.store(rule.end_of(start), Ordering::Release);
     }
 
-    /// What the next flush must write for this counter, if anything.
-    pub fn flush_item(&self) -> Option<FlushItem> {
+    /// What a flush of `side` must write for this counter, if anything.
+    pub fn flush_item(&self, side: Side) -> Option<FlushItem> {
         // Most counters have nothing to write: tell without taking the lock.
-        if self.pending.load(Ordering::SeqCst) == 0
+        if self.pending[side].load(Ordering::SeqCst) == 0
             && self.persisted_start.load(Ordering::Acquire) == self.start.load(Ordering::Acquire)
         {
             return None;
@@ -184,15 +198,16 @@ impl Counter {
         let start = self.start.load(Ordering::Acquire);
         let item = FlushItem {
             start,
-            delta: self.pending.load(Ordering::SeqCst),
+            delta: self.pending[side].load(Ordering::SeqCst),
             reset: self.persisted_start.load(Ordering::Acquire) != start,
         };
         (item.delta != 0 || item.reset).then_some(item)
     }
 
-    /// Records that `item` is committed: the delta is no longer pending and is part of the
-    /// database's total. A window that changed meanwhile already dropped it.
-    pub fn flushed(&self, item: FlushItem) {
+    /// Records that `item`, taken from `side`, is committed: the delta is no longer pending
+    /// and is part of the database's total. A window that changed meanwhile already dropped
+    /// it.
+    pub fn flushed(&self, item: FlushItem, side: Side) {
         let _window = self.lock();
         if self.start.load(Ordering::Acquire) != item.start {
             return;
@@ -202,7 +217,20 @@ impl Counter {
         }
         // Base first: a reader in between over-counts for an instant, never under-counts.
         self.base.fetch_add(item.delta, Ordering::AcqRel);
-        self.pending.fetch_sub(item.delta, Ordering::AcqRel);
+        self.pending[side].fetch_sub(item.delta, Ordering::AcqRel);
+    }
+
+    /// Moves the delta of `item`, taken from `from` and not written, to side `to`, so that it
+    /// is written with the updates of that side (unless its window ended meanwhile, which
+    /// dropped it).
+    pub fn requeue(&self, item: FlushItem, from: Side, to: Side) {
+        let _window = self.lock();
+        if self.start.load(Ordering::Acquire) != item.start || from == to {
+            return;
+        }
+        // The destination first: a reader in between over-counts for an instant.
+        self.pending[to].fetch_add(item.delta, Ordering::SeqCst);
+        self.pending[from].fetch_sub(item.delta, Ordering::SeqCst);
     }
 
     /// Takes in the database's total for the window that started at `db_start`: what other
@@ -215,11 +243,10 @@ impl Counter {
             self.base.store(db_total, Ordering::Release);
             self.persisted_start.store(start, Ordering::Release);
         } else if db_start > start {
-            let pending = self.pending.load(Ordering::Acquire);
             self.start.store(db_start, Ordering::Release);
             self.end.store(rule.end_of(db_start), Ordering::Release);
             self.base.store(db_total, Ordering::Release);
-            self.pending.fetch_sub(pending, Ordering::AcqRel);
+            self.drop_pending();
             self.persisted_start.store(db_start, Ordering::Release);
         }
     }
@@ -239,8 +266,8 @@ mod tests {
     #[test]
     fn usage_in_a_new_window_starts_from_zero() {
         let c = Counter::new(0, 0, &minute());
-        c.add(&minute(), 10, 5);
-        c.add(&minute(), 2 * MIN + 1, 7);
+        c.add(&minute(), 10, 5, 0);
+        c.add(&minute(), 2 * MIN + 1, 7, 0);
         let v = c.view(&minute(), 2 * MIN + 2);
         assert_eq!((v.used, v.last_reset), (7, 2 * MIN));
     }
@@ -248,7 +275,7 @@ mod tests {
     #[test]
     fn an_expired_window_shows_zero_before_any_reset_runs() {
         let c = Counter::new(0, 0, &minute());
-        c.add(&minute(), 0, 42);
+        c.add(&minute(), 0, 42, 0);
         assert_eq!(c.view(&minute(), MIN - 1).used, 42);
         let v = c.view(&minute(), 2 * MIN + 5);
         assert_eq!(v.used, 0);
@@ -265,7 +292,7 @@ mod tests {
             (v.used, v.last_reset, v.resets_at),
             (0, 30_000_000, 30_000_000 + MIN)
         );
-        assert_eq!(c.flush_item(), None, "the reset endpoint persisted itself");
+        assert_eq!(c.flush_item(0), None, "the reset endpoint persisted itself");
     }
 
     #[test]
@@ -280,8 +307,8 @@ mod tests {
     #[test]
     fn a_flush_moves_pending_into_the_base() {
         let c = Counter::new(100, 0, &minute());
-        c.add(&minute(), 1, 5);
-        let item = c.flush_item().unwrap();
+        c.add(&minute(), 1, 5, 0);
+        let item = c.flush_item(0).unwrap();
         assert_eq!(
             item,
             FlushItem {
@@ -290,10 +317,10 @@ mod tests {
                 reset: false
             }
         );
-        c.add(&minute(), 2, 3);
-        c.flushed(item);
+        c.add(&minute(), 2, 3, 0);
+        c.flushed(item, 0);
         assert_eq!(
-            c.flush_item().unwrap().delta,
+            c.flush_item(0).unwrap().delta,
             3,
             "what came after the capture stays pending"
         );
@@ -305,11 +332,11 @@ mod tests {
     #[test]
     fn a_delta_from_an_ended_window_is_dropped() {
         let c = Counter::new(0, 0, &minute());
-        c.add(&minute(), 1, 5);
-        let item = c.flush_item().unwrap();
-        c.add(&minute(), MIN + 1, 2);
-        c.flushed(item);
-        let next = c.flush_item().unwrap();
+        c.add(&minute(), 1, 5, 0);
+        let item = c.flush_item(0).unwrap();
+        c.add(&minute(), MIN + 1, 2, 0);
+        c.flushed(item, 0);
+        let next = c.flush_item(0).unwrap();
         assert_eq!(
             next,
             FlushItem {
@@ -323,13 +350,43 @@ mod tests {
     #[test]
     fn a_window_another_replica_started_is_adopted() {
         let c = Counter::new(0, 0, &minute());
-        c.add(&minute(), 1, 5);
+        c.add(&minute(), 1, 5, 0);
         c.absorb(&minute(), 9, MIN);
         assert_eq!(c.view(&minute(), MIN + 1).used, 9);
         assert_eq!(
-            c.flush_item(),
+            c.flush_item(0),
             None,
             "the old window's pending usage is gone"
+        );
+    }
+
+    #[test]
+    fn a_flush_takes_only_the_side_it_left() {
+        let c = Counter::new(0, 0, &minute());
+        c.add(&minute(), 1, 5, 0);
+        c.add(&minute(), 2, 7, 1);
+        assert_eq!(c.view(&minute(), 3).used, 12, "checks see both sides");
+        let item = c.flush_item(0).unwrap();
+        assert_eq!(item.delta, 5);
+        c.flushed(item, 0);
+        assert_eq!(c.flush_item(0), None);
+        assert_eq!(c.flush_item(1).unwrap().delta, 7);
+        assert_eq!(c.view(&minute(), 3).used, 12);
+    }
+
+    #[test]
+    fn a_delta_that_was_not_written_moves_to_the_current_side() {
+        let c = Counter::new(0, 0, &minute());
+        c.add(&minute(), 1, 5, 0);
+        c.add(&minute(), 2, 7, 1);
+        let item = c.flush_item(0).unwrap();
+        c.requeue(item, 0, 1);
+        assert_eq!(c.flush_item(0), None);
+        assert_eq!(c.flush_item(1).unwrap().delta, 12);
+        assert_eq!(
+            c.view(&minute(), 3).used,
+            12,
+            "nothing is lost or counted twice"
         );
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
+use super::capture::Side;
 use crate::domain::Micros;
 
 const SHARDS: usize = 64;
@@ -45,8 +46,8 @@ struct Shard {
     seen: HashMap<DedupKey, Micros>,
     /// Sweep expired keys once the map grows past this.
     sweep_at: usize,
-    /// Keys recorded since the last flush took them.
-    unsaved: Vec<(DedupKey, Micros)>,
+    /// Keys of applied updates since the last flush of each side took them.
+    unsaved: [Vec<(DedupKey, Micros)>; 2],
 }
 
 /// The keys seen recently.
@@ -70,22 +71,30 @@ impl Dedup {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records `key` at `now`; false when it was already seen within the window (a duplicate).
-    pub fn first_time(&self, key: DedupKey, now: Micros) -> bool {
+    /// Claims `key` at `now`: the instant it expires when it is new, `None` when it was
+    /// already seen within the window (a duplicate). A claimed key is not persisted until
+    /// [`Dedup::applied`] says its update is in the counters and rollups.
+    pub fn claim(&self, key: DedupKey, now: Micros) -> Option<Micros> {
         let mut shard = self.shard(key);
         if let Some(&expires) = shard.seen.get(&key) {
             if now < expires {
-                return false;
+                return None;
             }
         }
         let expires = now.saturating_add(self.window);
         shard.seen.insert(key, expires);
-        shard.unsaved.push((key, expires));
         if shard.seen.len() > shard.sweep_at {
             shard.seen.retain(|_, expires| now < *expires);
             shard.sweep_at = (shard.seen.len() * 2).max(1024);
         }
-        true
+        Some(expires)
+    }
+
+    /// Queues a claimed key for the flush once its update is applied, on the update's side:
+    /// the flush that persists the key persists the whole of its usage (see
+    /// [`super::capture`]).
+    pub fn applied(&self, key: DedupKey, expires: Micros, side: Side) {
+        self.shard(key).unsaved[side].push((key, expires));
     }
 
     /// Loads keys persisted earlier (at start), without marking them unsaved.
@@ -95,20 +104,20 @@ impl Dedup {
         }
     }
 
-    /// Takes the keys recorded since the last call, for the flush to persist.
-    pub fn take_unsaved(&self) -> Vec<(DedupKey, Micros)> {
+    /// Takes the keys queued on `side`, for the flush to persist.
+    pub fn take_unsaved(&self, side: Side) -> Vec<(DedupKey, Micros)> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            out.append(&mut shard.unsaved);
+            out.append(&mut shard.unsaved[side]);
         }
         out
     }
 
-    /// Gives back keys whose write failed, for the next flush.
-    pub fn restore_unsaved(&self, keys: Vec<(DedupKey, Micros)>) {
+    /// Gives back keys whose write failed, for the next flush of `side`.
+    pub fn restore_unsaved(&self, side: Side, keys: Vec<(DedupKey, Micros)>) {
         for (key, expires) in keys {
-            self.shard(key).unsaved.push((key, expires));
+            self.shard(key).unsaved[side].push((key, expires));
         }
     }
 
@@ -140,10 +149,10 @@ mod tests {
     fn a_repeat_within_the_window_is_a_duplicate() {
         let d = Dedup::new(100);
         let k = dedup_key("req-1", 0, Phase::Final);
-        assert!(d.first_time(k, 0));
-        assert!(!d.first_time(k, 99));
+        assert_eq!(d.claim(k, 0), Some(100));
+        assert_eq!(d.claim(k, 99), None);
         assert!(
-            d.first_time(k, 100),
+            d.claim(k, 100).is_some(),
             "after the window the key is new again"
         );
     }
@@ -169,19 +178,25 @@ mod tests {
         let d = Dedup::new(10);
         d.preload([(7, 100)]);
         assert!(
-            !d.first_time(7, 5),
+            d.claim(7, 5).is_none(),
             "a persisted key is still a duplicate after a restart"
         );
-        assert!(d.first_time(8, 5));
-        assert_eq!(d.take_unsaved(), vec![(8, 15)]);
-        assert!(d.take_unsaved().is_empty());
+        let expires = d.claim(8, 5).unwrap();
+        assert!(
+            d.take_unsaved(0).is_empty(),
+            "a claimed key waits until its update is applied"
+        );
+        d.applied(8, expires, 1);
+        assert!(d.take_unsaved(0).is_empty(), "keys stay on their side");
+        assert_eq!(d.take_unsaved(1), vec![(8, 15)]);
+        assert!(d.take_unsaved(1).is_empty());
     }
 
     #[test]
     fn purge_drops_expired_keys_only() {
         let d = Dedup::new(10);
-        d.first_time(1, 0);
-        d.first_time(2, 5);
+        d.claim(1, 0);
+        d.claim(2, 5);
         d.purge(12);
         assert_eq!(d.len(), 1);
     }

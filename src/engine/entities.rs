@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
+use super::capture::Side;
 use super::counter::{Counter, CounterView};
 use crate::domain::{BudgetSpec, Micros, RateLimitSpec, WindowRule};
 
@@ -79,9 +80,9 @@ impl Budget {
         self.counter.view(&self.rule, now)
     }
 
-    /// Adds nano-dollars to the window that contains `now`.
-    pub fn add(&self, now: Micros, nanos: i64) {
-        self.counter.add(&self.rule, now, nanos);
+    /// Adds nano-dollars to the window that contains `now`, on the update's `side`.
+    pub fn add(&self, now: Micros, nanos: i64, side: Side) {
+        self.counter.add(&self.rule, now, nanos, side);
     }
 
     /// Makes the shared counter's window end follow this budget's (possibly new) duration.
@@ -215,17 +216,17 @@ impl RateLimit {
     }
 
     /// Adds tokens to the token window that contains `now` (only when tokens are limited).
-    pub fn add_tokens(&self, now: Micros, tokens: i64) {
+    pub fn add_tokens(&self, now: Micros, tokens: i64, side: Side) {
         if let Some(rule) = &self.token_rule {
-            self.tokens.add(rule, now, tokens);
+            self.tokens.add(rule, now, tokens, side);
         }
     }
 
     /// Adds requests to the request window that contains `now` (only when requests are
     /// limited).
-    pub fn add_requests(&self, now: Micros, requests: i64) {
+    pub fn add_requests(&self, now: Micros, requests: i64, side: Side) {
         if let Some(rule) = &self.request_rule {
-            self.requests.add(rule, now, requests);
+            self.requests.add(rule, now, requests, side);
         }
     }
 

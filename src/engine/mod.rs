@@ -1,6 +1,7 @@
 //! The in-memory governance state: entities with their limits, and the usage counters that the
 //! hot path bumps. Pure and synchronous: no HTTP, no SQL, `now` passed in.
 
+pub mod capture;
 pub mod check;
 pub mod counter;
 pub mod dedup;

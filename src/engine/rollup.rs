@@ -7,6 +7,7 @@ use std::sync::Mutex;
 
 use uuid::Uuid;
 
+use super::capture::Side;
 use super::store::ResolvedKey;
 use super::usage::Charge;
 use crate::domain::Micros;
@@ -104,15 +105,20 @@ impl RollupKey {
 impl Default for Rollups {
     fn default() -> Self {
         Rollups {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..2 * SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
         }
     }
 }
 
 impl Rollups {
-    /// Adds what one update charged. The key's team and customer are those it has now.
+    /// Adds what one update charged, on its side (see [`super::capture`]). The key's team and
+    /// customer are those it has now.
+    #[allow(clippy::too_many_arguments)]
     pub fn record(
         &self,
+        side: Side,
         now: Micros,
         key: Option<&ResolvedKey>,
         user_id: &str,
@@ -139,12 +145,12 @@ impl Rollups {
             provider,
             model,
         };
-        self.add(&rollup_key, sums);
+        self.add(side, &rollup_key, sums);
     }
 
-    fn add(&self, key: &KeyRef<'_>, sums: RollupSums) {
+    fn add(&self, side: Side, key: &KeyRef<'_>, sums: RollupSums) {
         let hash = key.hash64();
-        let mut shard = self.shards[(hash as usize) % SHARDS]
+        let mut shard = self.shards[side * SHARDS + (hash as usize) % SHARDS]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let rows = shard.entry(hash).or_default();
@@ -161,20 +167,20 @@ impl Rollups {
         entry.cost += sums.cost;
     }
 
-    /// Takes everything recorded so far.
-    pub fn drain(&self) -> Vec<(RollupKey, RollupSums)> {
+    /// Takes everything recorded on `side`.
+    pub fn drain(&self, side: Side) -> Vec<(RollupKey, RollupSums)> {
         let mut out = Vec::new();
-        for shard in self.shards.iter() {
+        for shard in &self.shards[side * SHARDS..(side + 1) * SHARDS] {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
             out.extend(shard.drain().flat_map(|(_, rows)| rows));
         }
         out
     }
 
-    /// Puts back rows whose write failed, to go with the next flush.
-    pub fn restore(&self, rows: Vec<(RollupKey, RollupSums)>) {
+    /// Puts back rows whose write failed on `side`, to go with the next flush of that side.
+    pub fn restore(&self, side: Side, rows: Vec<(RollupKey, RollupSums)>) {
         for (key, sums) in rows {
-            self.add(&key.as_ref(), sums);
+            self.add(side, &key.as_ref(), sums);
         }
     }
 }
@@ -191,10 +197,10 @@ mod tests {
             requests: Some(1),
             cost: Some(5),
         };
-        r.record(HOUR + 1, None, "u", "openai", "gpt-4o", &charge);
-        r.record(2 * HOUR - 1, None, "u", "openai", "gpt-4o", &charge);
-        r.record(2 * HOUR, None, "u", "openai", "gpt-4o", &charge);
-        let mut rows = r.drain();
+        r.record(0, HOUR + 1, None, "u", "openai", "gpt-4o", &charge);
+        r.record(0, 2 * HOUR - 1, None, "u", "openai", "gpt-4o", &charge);
+        r.record(0, 2 * HOUR, None, "u", "openai", "gpt-4o", &charge);
+        let mut rows = r.drain(0);
         rows.sort_by_key(|(k, _)| k.bucket_start);
         assert_eq!(rows.len(), 2);
         assert_eq!(
@@ -206,8 +212,8 @@ mod tests {
             }
         );
         assert_eq!(rows[1].0.bucket_start, 2 * HOUR);
-        assert!(r.drain().is_empty());
-        r.restore(rows);
-        assert_eq!(r.drain().len(), 2);
+        assert!(r.drain(0).is_empty());
+        r.restore(0, rows);
+        assert_eq!(r.drain(0).len(), 2);
     }
 }

@@ -138,9 +138,9 @@ fn usage(value: &str, tokens: i64, cost: f64) -> UsageEvent<'_> {
 fn a_budget_at_its_limit_blocks_and_just_below_allows() {
     let b = budget(100.0, "1h");
     let s = with_key(key("sk", limits(Some(b.clone()), None)));
-    b.add(NOW, Money::from_usd(99.99).unwrap().nanos());
+    b.add(NOW, Money::from_usd(99.99).unwrap().nanos(), 0);
     assert_eq!(ask(&s, "sk").verdict, Verdict::Allow);
-    b.add(NOW, Money::from_usd(0.01).unwrap().nanos());
+    b.add(NOW, Money::from_usd(0.01).unwrap().nanos(), 0);
     let d = ask(&s, "sk");
     assert_eq!(d.verdict, Verdict::BudgetExceeded);
     assert_eq!(d.verdict.status(), 402);
@@ -155,7 +155,7 @@ fn a_budget_at_its_limit_blocks_and_just_below_allows() {
 fn tokens_at_their_limit_are_token_limited() {
     let r = rate(Some(10_000), Some(100), "1h");
     let s = with_key(key("sk", limits(None, Some(r.clone()))));
-    r.add_tokens(NOW, 10_000);
+    r.add_tokens(NOW, 10_000, 0);
     let d = ask(&s, "sk");
     assert_eq!(d.verdict, Verdict::TokenLimited);
     assert_eq!(d.verdict.status(), 429);
@@ -165,7 +165,7 @@ fn tokens_at_their_limit_are_token_limited() {
 fn requests_at_their_limit_are_request_limited() {
     let r = rate(Some(10_000), Some(100), "1h");
     let s = with_key(key("sk", limits(None, Some(r.clone()))));
-    r.add_requests(NOW, 100);
+    r.add_requests(NOW, 100, 0);
     assert_eq!(ask(&s, "sk").verdict, Verdict::RequestLimited);
 }
 
@@ -173,8 +173,8 @@ fn requests_at_their_limit_are_request_limited() {
 fn tokens_and_requests_at_their_limits_are_rate_limited() {
     let r = rate(Some(10_000), Some(100), "1h");
     let s = with_key(key("sk", limits(None, Some(r.clone()))));
-    r.add_tokens(NOW, 10_000);
-    r.add_requests(NOW, 100);
+    r.add_tokens(NOW, 10_000, 0);
+    r.add_requests(NOW, 100, 0);
     assert_eq!(ask(&s, "sk").verdict, Verdict::RateLimited);
 }
 
@@ -210,9 +210,9 @@ fn three_levels(vk_used: f64) -> (Snapshot, [Arc<Budget>; 3]) {
     s.put_customer(c);
     s.put_team(t);
     s.put_virtual_key(k);
-    bk.add(NOW, Money::from_usd(vk_used).unwrap().nanos());
-    bt.add(NOW, Money::from_usd(200.0).unwrap().nanos());
-    bc.add(NOW, Money::from_usd(400.0).unwrap().nanos());
+    bk.add(NOW, Money::from_usd(vk_used).unwrap().nanos(), 0);
+    bt.add(NOW, Money::from_usd(200.0).unwrap().nanos(), 0);
+    bc.add(NOW, Money::from_usd(400.0).unwrap().nanos(), 0);
     (s, [bk, bt, bc])
 }
 
@@ -243,7 +243,7 @@ fn a_key_at_its_budget_blocks_under_a_roomy_hierarchy() {
 #[test]
 fn a_team_at_its_budget_blocks_its_keys() {
     let (s, [_, bt, _]) = three_levels(10.0);
-    bt.add(NOW, Money::from_usd(300.0).unwrap().nanos());
+    bt.add(NOW, Money::from_usd(300.0).unwrap().nanos(), 0);
     let d = ask(&s, "sk");
     assert_eq!(d.verdict, Verdict::BudgetExceeded);
     assert!(d
@@ -257,7 +257,7 @@ fn a_failed_request_charges_nothing() {
     let before = [bk.view(NOW).used, bt.view(NOW).used, bc.view(NOW).used];
     let mut e = usage("sk", 100, 1.0);
     e.success = false;
-    apply(&s, &e, NOW);
+    apply(&s, &e, NOW, &s.dirty.enter());
     assert_eq!(
         [bk.view(NOW).used, bt.view(NOW).used, bc.view(NOW).used],
         before
@@ -272,14 +272,14 @@ fn a_streaming_chunk_counts_tokens_and_the_final_chunk_the_request_and_cost() {
     let mut chunk = usage("sk", 50, 0.0);
     chunk.is_streaming = true;
     chunk.has_usage_data = true;
-    apply(&s, &chunk, NOW);
+    apply(&s, &chunk, NOW, &s.dirty.enter());
     assert_eq!(r.token_view(NOW).used, 50);
     assert_eq!(r.request_view(NOW).used, 0);
     let mut last = usage("sk", 0, 0.25);
     last.is_streaming = true;
     last.is_final_chunk = true;
     last.has_usage_data = true;
-    apply(&s, &last, NOW);
+    apply(&s, &last, NOW, &s.dirty.enter());
     assert_eq!(r.request_view(NOW).used, 1);
     assert_eq!(b.view(NOW).used, Money::from_usd(0.25).unwrap().nanos());
 }
@@ -292,7 +292,7 @@ fn a_final_chunk_without_usage_data_charges_no_cost() {
     let mut last = usage("sk", 70, 0.5);
     last.is_streaming = true;
     last.is_final_chunk = true;
-    apply(&s, &last, NOW);
+    apply(&s, &last, NOW, &s.dirty.enter());
     assert_eq!(r.request_view(NOW).used, 1);
     assert_eq!(r.token_view(NOW).used, 0);
     assert_eq!(b.view(NOW).used, 0);
@@ -314,6 +314,7 @@ fn provider_specific_model_configs_do_not_apply_to_another_provider() {
             ..usage("", 10, 1.0)
         },
         NOW,
+        &s.dirty.enter(),
     );
     assert_eq!(
         b.view(NOW).used,
@@ -337,7 +338,7 @@ fn provider_specific_model_configs_do_not_apply_to_another_provider() {
         provider: "azure",
         ..usage("", 10, 1.0)
     };
-    apply(&s, &on_azure, NOW);
+    apply(&s, &on_azure, NOW, &s.dirty.enter());
     assert_eq!(b.view(NOW).used, Money::from_usd(1.0).unwrap().nanos());
 }
 
@@ -364,6 +365,7 @@ fn a_global_model_config_applies_to_every_provider_beside_the_specific_one() {
                 ..usage("", 0, 0.5)
             },
             NOW,
+            &s.dirty.enter(),
         );
     }
     assert_eq!(global.view(NOW).used, Money::from_usd(1.0).unwrap().nanos());
@@ -402,10 +404,20 @@ fn a_key_moved_to_a_new_team_charges_the_new_team() {
         s.put_team(new_t);
         s.put_virtual_key(k.clone());
     });
-    apply(&store.snapshot(), &usage("sk", 0, 1.0), NOW);
+    apply(
+        &store.snapshot(),
+        &usage("sk", 0, 1.0),
+        NOW,
+        &store.snapshot().dirty.enter(),
+    );
     k.team_id = Some(new_id);
     store.update(|s| s.put_virtual_key(k));
-    apply(&store.snapshot(), &usage("sk", 0, 2.0), NOW);
+    apply(
+        &store.snapshot(),
+        &usage("sk", 0, 2.0),
+        NOW,
+        &store.snapshot().dirty.enter(),
+    );
     assert_eq!(old_b.view(NOW).used, Money::from_usd(1.0).unwrap().nanos());
     assert_eq!(new_b.view(NOW).used, Money::from_usd(2.0).unwrap().nanos());
 }
@@ -486,14 +498,14 @@ fn provider_limits_come_before_the_keys_and_rate_limits_before_budgets() {
             updated_at: NOW,
         }),
     );
-    kb.add(NOW, Money::from_usd(1.0).unwrap().nanos());
-    kr.add_tokens(NOW, 10);
+    kb.add(NOW, Money::from_usd(1.0).unwrap().nanos(), 0);
+    kr.add_tokens(NOW, 10, 0);
     assert_eq!(
         ask(&s, "sk").verdict,
         Verdict::TokenLimited,
         "rate limits before budgets"
     );
-    pb.add(NOW, Money::from_usd(1.0).unwrap().nanos());
+    pb.add(NOW, Money::from_usd(1.0).unwrap().nanos(), 0);
     let d = ask(&s, "sk");
     assert_eq!(d.verdict, Verdict::BudgetExceeded);
     assert_eq!(d.checks[0].level, Level::Provider);
@@ -523,7 +535,7 @@ fn user_limits_apply_with_and_without_a_key() {
         user_id: Some("u1"),
         ..usage("", 0, 1.0)
     };
-    apply(&s, &e, NOW);
+    apply(&s, &e, NOW, &s.dirty.enter());
     let d = check(
         &s,
         &CheckPolicy::default(),
@@ -547,7 +559,7 @@ fn provider_configs_of_the_request_provider_are_charged_and_checked() {
         pc("anthropic", &[], limits(Some(an.clone()), None)),
     ];
     let s = with_key(k);
-    apply(&s, &usage("sk", 0, 1.0), NOW);
+    apply(&s, &usage("sk", 0, 1.0), NOW, &s.dirty.enter());
     assert_eq!(oa.view(NOW).used, Money::from_usd(1.0).unwrap().nanos());
     assert_eq!(an.view(NOW).used, 0);
     let d = ask(&s, "sk");
@@ -565,7 +577,7 @@ fn concurrent_usage_loses_no_increment() {
             let s = Arc::clone(&s);
             std::thread::spawn(move || {
                 for _ in 0..10_000 {
-                    apply(&s, &usage("sk", 3, 0.000001), NOW);
+                    apply(&s, &usage("sk", 3, 0.000001), NOW, &s.dirty.enter());
                 }
             })
         })
@@ -604,7 +616,7 @@ proptest! {
         for micro in &costs {
             let cost = Money::from_nanos(i64::from(*micro) * 1000);
             total += cost.nanos();
-            apply(&s, &UsageEvent { cost, ..usage("sk", tokens, 0.0) }, NOW);
+            apply(&s, &UsageEvent { cost, ..usage("sk", tokens, 0.0) }, NOW, &s.dirty.enter());
         }
         for b in [&bk, &bt, &bc, &bp] {
             prop_assert_eq!(b.view(NOW).used, total);
@@ -617,7 +629,7 @@ proptest! {
     fn a_reset_restores_capacity(used in 1i64..1_000_000, later in 0i64..3_600_000_000) {
         let b = budget(0.001, "1h");
         let s = with_key(key("sk", limits(Some(b.clone()), None)));
-        b.add(NOW, used.max(1_000_000));
+        b.add(NOW, used.max(1_000_000), 0);
         prop_assert_eq!(ask(&s, "sk").verdict, Verdict::BudgetExceeded);
         b.reset(NOW + later);
         let input = CheckInput { virtual_key: Some("sk"), ..Default::default() };
@@ -627,7 +639,7 @@ proptest! {
     #[test]
     fn rolling_windows_never_drift(offset in 0i64..1_000_000_000_000) {
         let r = rate(Some(10), None, "1m");
-        r.add_tokens(NOW + offset, 1);
+        r.add_tokens(NOW + offset, 1, 0);
         let v = r.token_view(NOW + offset);
         prop_assert_eq!((v.last_reset - NOW) % MINUTE, 0);
         prop_assert!(v.last_reset <= NOW + offset && NOW + offset < v.resets_at);
@@ -638,24 +650,24 @@ proptest! {
 fn a_charged_limit_is_queued_for_the_flush_once() {
     let (b, r) = (budget(10.0, "1h"), rate(Some(100), Some(100), "1h"));
     let s = with_key(key("sk", limits(Some(b.clone()), Some(r.clone()))));
-    apply(&s, &usage("sk", 5, 0.5), NOW);
-    apply(&s, &usage("sk", 5, 0.5), NOW);
-    let queued = s.dirty.drain();
+    apply(&s, &usage("sk", 5, 0.5), NOW, &s.dirty.enter());
+    apply(&s, &usage("sk", 5, 0.5), NOW, &s.dirty.enter());
+    let queued = s.dirty.drain(0);
     assert_eq!(
         queued.len(),
         2,
         "one entry for the budget, one for the rate limit"
     );
-    b.counter.clear_dirty();
-    r.tokens.clear_dirty();
-    apply(&s, &usage("sk", 5, 0.5), NOW);
-    assert_eq!(s.dirty.drain().len(), 2, "cleared marks queue again");
+    b.counter.clear_dirty(0);
+    r.tokens.clear_dirty(0);
+    apply(&s, &usage("sk", 5, 0.5), NOW, &s.dirty.enter());
+    assert_eq!(s.dirty.drain(0).len(), 2, "cleared marks queue again");
     let failed = UsageEvent {
         success: false,
         ..usage("sk", 5, 0.5)
     };
-    b.counter.clear_dirty();
-    r.tokens.clear_dirty();
-    apply(&s, &failed, NOW);
-    assert!(s.dirty.drain().is_empty());
+    b.counter.clear_dirty(0);
+    r.tokens.clear_dirty(0);
+    apply(&s, &failed, NOW, &s.dirty.enter());
+    assert!(s.dirty.drain(0).is_empty());
 }

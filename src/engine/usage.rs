@@ -1,6 +1,7 @@
 //! Usage (SPEC §4, the seed's `UpdateUsage`): what one finished request, or one streaming
 //! chunk, adds to every counter that governs it.
 
+use super::capture::{Entered, Side};
 use super::check::{hierarchy, model_configs};
 use super::entities::{Limits, VirtualKey};
 use std::sync::Arc;
@@ -58,26 +59,33 @@ pub struct Applied<'a> {
     pub key: Option<&'a Arc<ResolvedKey>>,
 }
 
-fn charge_limits(limits: &Limits, charge: &Charge, now: Micros, dirty: &DirtySet) {
+fn charge_limits(limits: &Limits, charge: &Charge, now: Micros, dirty: &DirtySet, side: Side) {
     if let Some(rl) = &limits.rate_limit {
         if let Some(t) = charge.tokens {
-            rl.add_tokens(now, t);
+            rl.add_tokens(now, t, side);
         }
         if let Some(r) = charge.requests {
-            rl.add_requests(now, r);
+            rl.add_requests(now, r, side);
         }
         if charge.tokens.is_some() || charge.requests.is_some() {
-            dirty.mark_rate_limit(rl);
+            dirty.mark_rate_limit(rl, side);
         }
     }
     if let (Some(b), Some(cost)) = (&limits.budget, charge.cost) {
-        b.add(now, cost);
-        dirty.mark_budget(b);
+        b.add(now, cost, side);
+        dirty.mark_budget(b, side);
     }
 }
 
-/// Applies one event to the counters of `s`, resolving the key's hierarchy as it is now.
-pub fn apply<'a>(s: &'a Snapshot, event: &UsageEvent<'_>, now: Micros) -> Applied<'a> {
+/// Applies one event to the counters of `s`, resolving the key's hierarchy as it is now, on
+/// the side of the update `entered` (see [`super::capture`]).
+pub fn apply<'a>(
+    s: &'a Snapshot,
+    event: &UsageEvent<'_>,
+    now: Micros,
+    entered: &Entered<'_>,
+) -> Applied<'a> {
+    let side = entered.side();
     let nothing = Applied {
         unknown_key: false,
         key: None,
@@ -89,10 +97,10 @@ pub fn apply<'a>(s: &'a Snapshot, event: &UsageEvent<'_>, now: Micros) -> Applie
     let (provider, model) = (event.provider, event.model);
     if !provider.is_empty() && !model.is_empty() {
         if let Some(p) = s.providers.get(provider) {
-            charge_limits(&p.limits, &charge, now, &s.dirty);
+            charge_limits(&p.limits, &charge, now, &s.dirty, side);
         }
         for (_, limits) in model_configs(s, model, provider) {
-            charge_limits(limits, &charge, now, &s.dirty);
+            charge_limits(limits, &charge, now, &s.dirty, side);
         }
     }
     if let Some(u) = event
@@ -100,7 +108,7 @@ pub fn apply<'a>(s: &'a Snapshot, event: &UsageEvent<'_>, now: Micros) -> Applie
         .filter(|u| !u.is_empty())
         .and_then(|u| s.users.get(u))
     {
-        charge_limits(&u.limits, &charge, now, &s.dirty);
+        charge_limits(&u.limits, &charge, now, &s.dirty, side);
     }
     let Some(value) = event.virtual_key.filter(|v| !v.is_empty()) else {
         return nothing;
@@ -108,7 +116,7 @@ pub fn apply<'a>(s: &'a Snapshot, event: &UsageEvent<'_>, now: Micros) -> Applie
     match s.keys_by_hash.get(&VirtualKey::hash_value(value)) {
         Some(key) => {
             for (_, _, limits) in hierarchy(key, provider) {
-                charge_limits(limits, &charge, now, &s.dirty);
+                charge_limits(limits, &charge, now, &s.dirty, side);
             }
             Applied {
                 unknown_key: false,

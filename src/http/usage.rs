@@ -18,7 +18,9 @@ use super::extract::{ApiJson, ApiJsonBytes};
 use crate::config::AckMode;
 use crate::domain::time::now_micros;
 use crate::domain::{Micros, Money};
+use crate::engine::capture::Entered;
 use crate::engine::dedup::{dedup_key, DedupKey, Phase};
+use crate::engine::store::Snapshot;
 use crate::engine::usage::{apply, Charge, UsageEvent};
 use crate::state::AppState;
 
@@ -203,21 +205,28 @@ impl UsageUpdate<'_> {
     }
 }
 
-/// Applies one valid update unless it is a repeat; true when applied.
-fn record(state: &AppState, valid: &Valid<'_>, now: Micros) -> Option<Charge> {
-    if let Some(key) = valid.dedup {
-        if !state.dedup.first_time(key, now) {
-            return None;
-        }
-    }
-    let snapshot = state.store.guard();
-    let applied = apply(&snapshot, &valid.event, now);
+/// Applies one valid update unless it is a repeat; true when applied. Everything it changes
+/// goes to the side of `entered`, so that one flush writes its key, counters and rollup
+/// together.
+fn record(
+    state: &AppState,
+    snapshot: &Snapshot,
+    entered: &Entered<'_>,
+    valid: &Valid<'_>,
+    now: Micros,
+) -> Option<Charge> {
+    let claimed = match valid.dedup {
+        Some(key) => Some((key, state.dedup.claim(key, now)?)),
+        None => None,
+    };
+    let applied = apply(snapshot, &valid.event, now, entered);
     if applied.unknown_key {
         tracing::debug!("usage for an unknown virtual key: key levels skipped");
     }
     let e = &valid.event;
     let charge = e.charge();
     state.rollups.record(
+        entered.side(),
         now,
         applied.key.map(|k| k.as_ref()),
         e.user_id.unwrap_or(""),
@@ -225,6 +234,9 @@ fn record(state: &AppState, valid: &Valid<'_>, now: Micros) -> Option<Charge> {
         e.model,
         &charge,
     );
+    if let Some((key, expires)) = claimed {
+        state.dedup.applied(key, expires, entered.side());
+    }
     Some(charge)
 }
 
@@ -264,7 +276,12 @@ pub async fn record_usage(
     let valid = update
         .validate()
         .map_err(|e| rejected(ApiError::InvalidRequest(e)))?;
-    let applied = match record(&state, &valid, now_micros()) {
+    let recorded = {
+        let snapshot = state.store.guard();
+        let entered = snapshot.dirty.enter();
+        record(&state, &snapshot, &entered, &valid, now_micros())
+    };
+    let applied = match recorded {
         Some(charge) => {
             state.metrics.usage_accepted.increment(1);
             state
@@ -355,9 +372,14 @@ pub async fn record_usage_batch(
         let now = now_micros();
         // Metrics are summed per provider and model first: a batch usually names a few.
         let mut charged = crate::telemetry::ChargeTally::default();
-        for v in valid {
-            if let Some(charge) = record(&state, v, now) {
-                charged.add(v.event.provider, v.event.model, &charge);
+        {
+            // The whole batch on one side: one flush writes all of it.
+            let snapshot = state.store.guard();
+            let entered = snapshot.dirty.enter();
+            for v in valid {
+                if let Some(charge) = record(&state, &snapshot, &entered, v, now) {
+                    charged.add(v.event.provider, v.event.model, &charge);
+                }
             }
         }
         let accepted = charged.updates();
