@@ -338,7 +338,7 @@ def main():
             acked.unexpected += t.unexpected
         stored = {
             "updates (rollup requests)": pg.query("select coalesce(sum(requests), 0) from usage_rollups"),
-            "updates (idempotency keys)": pg.query("select count(*) from dedup_keys"),
+            "updates (idempotency keys)": pg.query("select coalesce(sum(length(keys)), 0) / 16 from dedup_blocks"),
             "tokens (keys' counters)": pg.query(
                 "select coalesce(sum(r.token_current_usage), 0) from virtual_keys v "
                 "join rate_limits r on r.id = v.rate_limit_id"),

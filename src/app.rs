@@ -87,7 +87,17 @@ impl App {
         }
         let mut conn = db.acquire().await?;
         let (config_version, usage_version) = flush::clock(&mut conn).await?;
-        let keys = flush::load_dedup_keys(&mut conn, now_micros()).await?;
+        let dedup = Dedup::new(
+            config.dedup_window.as_micros() as i64,
+            config.dedup_max_keys,
+        );
+        let started = std::time::Instant::now();
+        flush::load_dedup_keys(&mut conn, now_micros(), &dedup).await?;
+        tracing::info!(
+            keys = dedup.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "idempotency keys loaded"
+        );
         drop(conn);
         let snapshot = db.load(None).await?;
         tracing::info!(
@@ -104,8 +114,6 @@ impl App {
                     addr: config.listen,
                     source,
                 })?;
-        let dedup = Dedup::new(config.dedup_window.as_micros() as i64);
-        dedup.preload(keys);
         let versions = Versions::default();
         versions.start_at(config_version, usage_version);
         let state = AppState(Arc::new(crate::state::SharedState {

@@ -26,9 +26,12 @@ pub struct Config {
     pub flush_interval: Duration,
     /// When `/v1/usage` answers: at once (`buffered`) or after the flush committed (`durable`).
     pub ack: AckMode,
-    /// How long an idempotency key is remembered.
+    /// How long an idempotency key is remembered (at least; up to a 32nd more).
     #[serde(deserialize_with = "duration")]
     pub dedup_window: Duration,
+    /// Most idempotency keys held in memory (21-32 bytes each); past it the oldest go first
+    /// and their window shortens. Keys held = update rate × `dedup_window`.
+    pub dedup_max_keys: usize,
     /// Refuse checks that carry neither a known virtual key nor a user id.
     pub require_virtual_key: bool,
     /// Headers every check must carry (case-insensitive).
@@ -119,6 +122,7 @@ impl Default for Config {
             flush_interval: Duration::from_secs(1),
             ack: AckMode::Buffered,
             dedup_window: Duration::from_secs(24 * 3600),
+            dedup_max_keys: 30_000_000,
             require_virtual_key: false,
             required_headers: Vec::new(),
             max_body_bytes: 1024 * 1024,
@@ -223,6 +227,9 @@ impl Config {
         }
         if self.batch_max_items == 0 {
             return bad("batch_max_items", "must be at least 1");
+        }
+        if self.dedup_max_keys < 1000 {
+            return bad("dedup_max_keys", "must be at least 1000");
         }
         let second = Duration::from_secs(1);
         for (key, value) in [

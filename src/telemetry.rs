@@ -63,6 +63,10 @@ const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ("heimdall_pending_deltas", "gauge", "Counters holding usage not yet written to the database."),
     ("heimdall_database_up", "gauge", "1 when the last flush reached the database, 0 otherwise."),
     ("heimdall_entities", "gauge", "Entities loaded in memory, by kind."),
+    ("heimdall_dedup_keys", "gauge", "Idempotency keys held in memory (at most dedup_max_keys)."),
+    ("heimdall_dedup_bytes", "gauge", "Bytes the idempotency keys take in memory: their tables and the queue to the database."),
+    ("heimdall_dedup_keys_evicted_total", "counter", "Idempotency keys dropped before their window ended because dedup_max_keys was reached, oldest first."),
+    ("heimdall_dedup_keys_unwritten_total", "counter", "Idempotency keys not written to the database because the queue to it was full (a long outage): recognised until the process restarts."),
 ];
 
 /// The metrics of one application.
@@ -91,6 +95,10 @@ pub struct Metrics {
     pending: Gauge,
     database_up: Gauge,
     entities: Vec<(&'static str, Gauge)>,
+    dedup_keys: Gauge,
+    dedup_bytes: Gauge,
+    dedup_evicted: Counter,
+    dedup_unwritten: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -192,6 +200,10 @@ impl Metrics {
             unknown_fenced: counter("heimdall_unknown_commits_total", &[("outcome", "fenced")]),
             pending: gauge("heimdall_pending_deltas", &[]),
             database_up: gauge("heimdall_database_up", &[]),
+            dedup_keys: gauge("heimdall_dedup_keys", &[]),
+            dedup_bytes: gauge("heimdall_dedup_bytes", &[]),
+            dedup_evicted: counter("heimdall_dedup_keys_evicted_total", &[]),
+            dedup_unwritten: counter("heimdall_dedup_keys_unwritten_total", &[]),
             entities: ENTITY_KINDS
                 .iter()
                 .map(|k| (*k, gauge("heimdall_entities", &[("kind", k)])))
@@ -381,6 +393,10 @@ impl Metrics {
             };
             gauge.set(n as f64);
         }
+        self.dedup_keys.set(state.dedup.len() as f64);
+        self.dedup_bytes.set(state.dedup.bytes() as f64);
+        self.dedup_evicted.absolute(state.dedup.evicted());
+        self.dedup_unwritten.absolute(state.dedup.unqueued());
         self.handle.render()
     }
 }

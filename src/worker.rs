@@ -677,19 +677,43 @@ impl Flusher {
         Ok(report)
     }
 
-    /// Drops expired idempotency keys from memory and the database.
-    pub async fn purge_dedup(&self) -> Result<u64, DbError> {
+    /// Upkeep of idempotency keys in memory, off the async threads: generations whose window
+    /// ended (or that the bound dropped) go and mostly empty tables are rebuilt. Returns the
+    /// instant before which the database's keys are held by no one.
+    pub async fn maintain_dedup(&self) -> Micros {
         let now = now_micros();
-        self.dedup.purge(now);
-        let mut tx = self.db.begin().await?;
-        let purged = flush::purge_dedup_keys(&mut tx, now).await?;
-        if marks::used(self.db.backend()) {
-            marks::purge(&mut tx, now - MARKS_KEPT).await?;
+        let dedup = Arc::clone(&self.dedup);
+        tokio::task::spawn_blocking(move || {
+            dedup.maintain(now);
+            dedup.purge_before(now)
+        })
+        .await
+        .unwrap_or(now)
+    }
+
+    /// Deletes the database's idempotency keys that expire before `before`, a bounded batch
+    /// per statement and at most [`PURGE_BATCHES`] batches; every [`PURGE_EVERY`] ticks, old
+    /// commit marks too. How many keys went.
+    pub async fn purge_dedup(&self, before: Micros, ticks: u64) -> Result<u64, DbError> {
+        let mut purged = 0;
+        let mut conn = self.db.acquire().await?;
+        for _ in 0..PURGE_BATCHES {
+            let n = flush::purge_dedup_keys(&mut conn, before).await?;
+            purged += n;
+            if n < flush::PURGE_BATCH as u64 {
+                break;
+            }
         }
-        tx.commit().await?;
+        if ticks % PURGE_EVERY == 0 && marks::used(self.db.backend()) {
+            marks::purge(&mut conn, now_micros() - MARKS_KEPT).await?;
+        }
         Ok(purged)
     }
 }
+
+/// Most purge statements for idempotency keys per tick: 100 000 rows a second at the default
+/// interval, more than a replica can insert.
+const PURGE_BATCHES: usize = 10;
 
 /// How long the commit mark of a process that stopped committing is kept: far longer than any
 /// commit can take to be settled.
@@ -808,7 +832,7 @@ async fn append(db: &Db, mark: Mark, writes: flush::FlushWrites<'_>) -> Result<(
 
 /// Longest wait between retries while the database is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// Purge expired idempotency keys every this many ticks.
+/// Purge old commit marks every this many ticks.
 const PURGE_EVERY: u64 = 300;
 
 /// Ticks until `cancel` fires, then runs a final flush (retried a few times).
@@ -830,6 +854,11 @@ pub async fn run(flusher: Flusher, interval: Duration, cancel: CancellationToken
         };
         durable_retry = None;
         ticks += u64::from(full);
+        let held_after = if full {
+            Some(flusher.maintain_dedup().await)
+        } else {
+            None
+        };
         let flushed = if full {
             flusher.flush_once().await
         } else {
@@ -845,8 +874,8 @@ pub async fn run(flusher: Flusher, interval: Duration, cancel: CancellationToken
                     next_full = tokio::time::Instant::now() + backoff;
                 }
                 tracing::trace!(?report, "flushed");
-                if full && ticks % PURGE_EVERY == 0 {
-                    if let Err(e) = flusher.purge_dedup().await {
+                if let Some(before) = held_after {
+                    if let Err(e) = flusher.purge_dedup(before, ticks).await {
                         tracing::warn!(error = %e, "purging expired idempotency keys failed");
                     }
                 }

@@ -27,6 +27,10 @@ const SERIES: &[&str] = &[
     "heimdall_pending_deltas",
     "heimdall_database_up",
     "heimdall_entities",
+    "heimdall_dedup_keys",
+    "heimdall_dedup_bytes",
+    "heimdall_dedup_keys_evicted_total",
+    "heimdall_dedup_keys_unwritten_total",
 ];
 
 async fn sqlite_app(configure: impl FnOnce(&mut heimdall::Config)) -> (TestApp, TestDb) {

@@ -8,6 +8,8 @@ use common::{config_for, TestApp, TestDb};
 use serde_json::{json, Value};
 
 on_both_backends!(
+    idempotency_keys_of_the_row_per_key_table_move_into_blocks,
+    idempotency_keys_stay_within_their_bound_in_memory_and_in_the_database,
     a_restart_keeps_every_entity,
     limit_changes_keep_usage_and_window,
     migrations_are_applied_once,
@@ -243,4 +245,119 @@ async fn postgres_connections_use_tls_as_the_url_asks() {
     .unwrap();
     assert!(refused.contains("does not accept TLS"), "{refused}");
     assert!(!refused.contains("not-a-secret"), "{refused}");
+}
+
+/// With `dedup_max_keys = 1000`, 5 000 distinct request ids leave at most 1 000 keys in memory
+/// and about as many rows, the oldest gone first: recent ids are still duplicates, the oldest
+/// count again; a restart loads what is left.
+async fn idempotency_keys_stay_within_their_bound_in_memory_and_in_the_database(db: &TestDb) {
+    let mut config = config_for(db);
+    config.dedup_max_keys = 1000;
+    config.flush_interval = std::time::Duration::from_secs(3600);
+    let app = TestApp::start(config).await;
+    let vk = app
+        .create(
+            "/api/governance/virtual-keys",
+            json!({"name": "k", "rate_limit": {"request_max_limit": 1_000_000, "request_reset_duration": "1h"}}),
+        )
+        .await;
+    let value = vk["virtual_key"]["value"].as_str().unwrap().to_owned();
+    let batch = |from: usize, to: usize| {
+        let updates: Vec<Value> = (from..to)
+            .map(
+                |i| json!({"virtual_key": value, "tokens_used": 1, "request_id": format!("r-{i}")}),
+            )
+            .collect();
+        json!({"updates": updates})
+    };
+    for round in 0..5 {
+        let (status, body) = app
+            .post("/v1/usage/batch", batch(round * 1000, (round + 1) * 1000))
+            .await;
+        assert_eq!((status, body["accepted"].as_u64()), (202, Some(1000)));
+        app.flush().await;
+    }
+    let metrics = app.metrics().await;
+    let held = common::metric(&metrics, "heimdall_dedup_keys").unwrap();
+    assert!((900.0..=1000.0).contains(&held), "{held} keys held");
+    let evicted = common::metric(&metrics, "heimdall_dedup_keys_evicted_total").unwrap();
+    assert_eq!(held + evicted, 5000.0);
+    assert!(common::metric(&metrics, "heimdall_dedup_bytes").unwrap() > 16.0 * held);
+
+    let (_, body) = app.post("/v1/usage/batch", batch(4500, 5000)).await;
+    assert_eq!(body["duplicates"], 500, "the newest keys are remembered");
+    let (_, body) = app.post("/v1/usage/batch", batch(0, 100)).await;
+    assert_eq!(body["accepted"], 100, "the oldest went first");
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let (_, body) = app.post("/v1/usage/batch", batch(5000, 5100)).await;
+    assert_eq!(body["accepted"], 100);
+    app.flush().await;
+
+    let flusher = app.state.flusher();
+    let before = flusher.maintain_dedup().await;
+    flusher.purge_dedup(before, 1).await.unwrap();
+    // Whole blocks go: a block (one flush) is kept while any of its keys is held.
+    let stored = db
+        .scalar("select coalesce(sum(length(keys)), 0) / 16 from dedup_blocks")
+        .await;
+    assert!(
+        (900..=3000).contains(&stored),
+        "{stored} keys stored: what memory dropped is deleted"
+    );
+
+    let app = app.restart().await;
+    let loaded = common::metric(&app.metrics().await, "heimdall_dedup_keys").unwrap();
+    assert!((900.0..=1000.0).contains(&loaded), "{loaded} keys loaded");
+    // Loading keeps the newest (keys of one instant are equally old: which of them a
+    // load past the bound keeps is not said).
+    let (_, body) = app.post("/v1/usage/batch", batch(5000, 5100)).await;
+    assert_eq!(body["duplicates"], 100, "recent keys survive the restart");
+    let (_, body) = app.post("/v1/usage/batch", batch(0, 100)).await;
+    assert_eq!(body["duplicates"], 100, "recent keys survive the restart");
+    app.stop().await;
+}
+
+/// Keys written before blocks (a row each in `dedup_keys`) are moved into blocks at the next
+/// start and still recognised; expired ones go.
+async fn idempotency_keys_of_the_row_per_key_table_move_into_blocks(db: &TestDb) {
+    let app = TestApp::start(config_for(db)).await;
+    let vk = app
+        .create("/api/governance/virtual-keys", json!({"name": "k"}))
+        .await;
+    let value = vk["virtual_key"]["value"].as_str().unwrap().to_owned();
+    app.stop().await;
+    let old =
+        heimdall::engine::dedup::dedup_key("before", 0, heimdall::engine::dedup::Phase::Final);
+    let gone =
+        heimdall::engine::dedup::dedup_key("expired", 0, heimdall::engine::dedup::Phase::Final);
+    for (key, expires) in [(old, i64::MAX / 2), (gone, 1)] {
+        db.execute(&format!(
+            "insert into dedup_keys (key_hi, key_lo, expires_at) values ({}, {}, {expires})",
+            (key >> 64) as u64 as i64,
+            key as u64 as i64
+        ))
+        .await;
+    }
+    let app = TestApp::start(config_for(db)).await;
+    assert_eq!(db.scalar("select count(*) from dedup_keys").await, 0);
+    assert_eq!(
+        db.scalar("select coalesce(sum(length(keys)), 0) / 16 from dedup_blocks")
+            .await,
+        1
+    );
+    let (_, body) = app
+        .post(
+            "/v1/usage",
+            json!({"virtual_key": value, "tokens_used": 1, "request_id": "before"}),
+        )
+        .await;
+    assert_eq!(body["duplicate"], true);
+    let (_, body) = app
+        .post(
+            "/v1/usage",
+            json!({"virtual_key": value, "tokens_used": 1, "request_id": "expired"}),
+        )
+        .await;
+    assert_eq!(body["duplicate"], false);
+    app.stop().await;
 }

@@ -587,17 +587,15 @@ async fn a_start_waits_for_commits_still_running_for_a_crashed_process() {
     let url = format!("{}?application_name=heimdall", db.url);
     let mut zombie = sqlx::PgConnection::connect(&url).await.unwrap();
     let key = dedup_key("late", 0, Phase::Final);
-    let (hi, lo) = ((key >> 64) as u64 as i64, key as u64 as i64);
     let (begun, has_begun) = tokio::sync::oneshot::channel();
     let committing = tokio::spawn(async move {
         let mut tx = zombie.begin().await.unwrap();
-        sqlx::query(&format!(
-            "insert into dedup_keys (key_hi, key_lo, expires_at) values ({hi}, {lo}, {})",
-            i64::MAX
-        ))
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+        sqlx::query("insert into dedup_blocks (expires_at, keys) values ($1, $2)")
+            .bind(i64::MAX)
+            .bind(key.to_le_bytes().to_vec())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
         begun.send(()).unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(700)).await;
         tx.commit().await.unwrap();
@@ -859,8 +857,11 @@ async fn flushed_values_arrive_exactly_on_both_statement_paths(db: &TestDb) {
             (NAMES.len() + filler) as i64
         );
         assert_eq!(
-            db.scalar("select count(*) from dedup_keys where expires_at = 9000")
-                .await,
+            db.scalar(
+                "select coalesce(sum(length(keys)), 0) / 16 from dedup_blocks \
+                 where expires_at = 9000"
+            )
+            .await,
             3 * round
         );
     }
@@ -872,20 +873,19 @@ async fn flushed_values_arrive_exactly_on_both_statement_paths(db: &TestDb) {
         3
     );
     let mut conn = heimdall_db.acquire_writer().await.unwrap();
-    let loaded = flush::load_dedup_keys(&mut conn, 0).await.unwrap();
+    let dedup = heimdall::engine::dedup::Dedup::new(1_000_000, 1_000_000);
+    flush::load_dedup_keys(&mut conn, 0, &dedup).await.unwrap();
     drop(conn);
-    let mut loaded: Vec<u128> = loaded.into_iter().map(|(k, _)| k).collect();
-    loaded.sort_unstable();
-    let mut expected: Vec<u128> = (1..=2u128)
-        .flat_map(|round| {
-            (0..3u128).map(move |i| round << 100 | i << 64 | (u128::from(u64::MAX) - i))
-        })
-        .collect();
-    expected.sort_unstable();
-    assert_eq!(
-        loaded, expected,
-        "idempotency keys round-trip through both halves"
-    );
+    assert_eq!(dedup.len(), 6);
+    for round in 1..=2u128 {
+        for i in 0..3u128 {
+            let key = round << 100 | i << 64 | (u128::from(u64::MAX) - i);
+            assert!(
+                dedup.claim(key, 1).is_none(),
+                "idempotency key {key:x} round-trips through both halves"
+            );
+        }
+    }
     heimdall_db.close().await;
 }
 
@@ -923,7 +923,11 @@ async fn the_postgres_flush_connection_is_kept_and_replaced_when_the_server_drop
         .expect("the dropped connection was replaced before the flush");
     drop(kept);
     assert_ne!(backend_pid().await, first);
-    assert_eq!(db.scalar("select count(*) from dedup_keys").await, 1);
+    assert_eq!(
+        db.scalar("select coalesce(sum(length(keys)), 0) / 16 from dedup_blocks")
+            .await,
+        1
+    );
     heimdall_db.close().await;
     db.drop_db().await;
 }
@@ -990,8 +994,33 @@ async fn commit_marks_tell_a_commit_that_happened_from_one_fenced_off() {
     assert_eq!(db.journal_entries().await, 1);
     // A large flush (statement by statement) is marked the same way.
     let many: Vec<(u128, i64)> = (0..5000).map(|k| (k, 9_000)).collect();
+    let rollups: Vec<(
+        heimdall::engine::rollup::RollupKey,
+        heimdall::engine::rollup::RollupSums,
+    )> = (0..5000)
+        .map(|hour| {
+            let key = heimdall::engine::rollup::RollupKey {
+                bucket_start: hour * 3_600_000_000,
+                virtual_key_id: None,
+                team_id: None,
+                customer_id: None,
+                user_id: String::new(),
+                provider: "p".to_owned(),
+                model: "m".to_owned(),
+            };
+            (
+                key,
+                heimdall::engine::rollup::RollupSums {
+                    requests: 1,
+                    tokens: 1,
+                    cost: 1,
+                },
+            )
+        })
+        .collect();
     let large = FlushWrites {
         keys: &many,
+        rollups: &rollups,
         ..writes
     };
     flush::commit_flush(&mut conn, heimdall_db.backend(), large, Some(mark(5)))
@@ -1003,7 +1032,16 @@ async fn commit_marks_tell_a_commit_that_happened_from_one_fenced_off() {
             .is_err()
     );
     assert_eq!(db.scalar(&usage).await, 15);
-    assert_eq!(db.scalar("select count(*) from dedup_keys").await, 5000);
+    assert_eq!(
+        db.scalar("select coalesce(sum(length(keys)), 0) / 16 from dedup_blocks")
+            .await,
+        5000
+    );
+    assert_eq!(
+        db.scalar("select count(*) from usage_rollups where provider = 'p'")
+            .await,
+        5000
+    );
     drop(conn);
     heimdall_db.close().await;
     db.drop_db().await;

@@ -12,7 +12,7 @@ use super::rows::{parse_uuid, uuid_text};
 use super::{Backend, Conn, DbError};
 use crate::domain::Micros;
 use crate::engine::counter::FlushItem;
-use crate::engine::dedup::DedupKey;
+use crate::engine::dedup::{Dedup, DedupKey};
 use crate::engine::rollup::{RollupKey, RollupSums};
 
 /// Rows per statement: large enough that a flush is a handful of round trips, small enough to
@@ -92,10 +92,12 @@ pub async fn clock(c: &mut Conn) -> Result<(i64, i64), DbError> {
 }
 
 /// One statement of a flush and the text parameters it binds (PostgreSQL's only).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Statement {
     sql: String,
     params: Vec<String>,
+    /// Bound after `params` (PostgreSQL's block of idempotency keys).
+    blob: Option<Vec<u8>>,
 }
 
 /// A value of a flush row: one of our ids (a UUID) or an integer. Nothing else is inlined, so
@@ -297,7 +299,11 @@ fn counter_deltas_sql<const N: usize>(
             "update {table} set {set}, usage_version = {version} from {v} \
              where {table}.id = v.id"
         );
-        out.push(Statement { sql, params });
+        out.push(Statement {
+            sql,
+            params,
+            blob: None,
+        });
     }
 }
 
@@ -347,55 +353,137 @@ pub(super) fn join_key(hi: i64, lo: i64) -> DedupKey {
     (u128::from(hi as u64) << 64) | u128::from(lo as u64)
 }
 
-/// Persists idempotency keys (a key already there, from another replica, stays). In key
-/// order, as rollups are (see [`rollups_sql`]).
-fn dedup_keys_sql(keys: &[(DedupKey, Micros)], out: &mut Vec<Statement>) {
-    let keys = sorted_keys(keys);
-    for chunk in keys.chunks(CHUNK) {
-        let mut sql = String::from("insert into dedup_keys (key_hi, key_lo, expires_at) values ");
-        for (i, (key, expires)) in chunk.iter().enumerate() {
-            let (hi, lo) = split_key(*key);
-            if i > 0 {
-                sql.push(',');
+/// The idempotency keys of one flush as one block: the latest expiry, and the keys back to
+/// back, 16 bytes each, little endian. One row however many keys: a flush of a million keys
+/// costs the database one insert, a start reads a few rows per second of history, and the
+/// purge deletes whole blocks.
+fn key_block(keys: &[(DedupKey, Micros)]) -> (Micros, Vec<u8>) {
+    let mut bytes = Vec::with_capacity(keys.len() * 16);
+    let mut expires = Micros::MIN;
+    for (key, at) in keys {
+        bytes.extend_from_slice(&key.to_le_bytes());
+        expires = expires.max(*at);
+    }
+    (expires, bytes)
+}
+
+/// Persists idempotency keys as one block (see [`key_block`]).
+fn dedup_block_sql(backend: Backend, keys: &[(DedupKey, Micros)], out: &mut Vec<Statement>) {
+    if keys.is_empty() {
+        return;
+    }
+    let (expires, bytes) = key_block(keys);
+    match backend {
+        // A string of SQLite statements carries no parameters: a small block (a durable group
+        // commit's) goes as a literal; a larger one as a parameter, which takes the
+        // statement-by-statement path.
+        Backend::Sqlite if keys.len() <= INLINE_KEYS => {
+            let mut sql = String::with_capacity(bytes.len() * 2 + 80);
+            let _ = write!(
+                sql,
+                "insert into dedup_blocks (expires_at, keys) values ({expires}, X'"
+            );
+            for b in &bytes {
+                let _ = write!(sql, "{b:02x}");
             }
-            let _ = write!(sql, "({hi}, {lo}, {expires})");
+            sql.push_str("')");
+            out.push(Statement {
+                sql,
+                ..Statement::default()
+            });
         }
-        sql.push_str(" on conflict do nothing");
-        out.push(Statement {
-            sql,
+        _ => out.push(Statement {
+            sql: format!("insert into dedup_blocks (expires_at, keys) values ({expires}, $1)"),
             params: Vec::new(),
-        });
+            blob: Some(bytes),
+        }),
     }
 }
 
-fn sorted_keys(keys: &[(DedupKey, Micros)]) -> Vec<(DedupKey, Micros)> {
-    let mut keys = keys.to_vec();
-    keys.sort_unstable_by_key(|(key, _)| *key);
-    keys
+/// The most keys a SQLite flush writes as a literal (32 characters each).
+const INLINE_KEYS: usize = 256;
+
+/// The keys of a stored block.
+fn block_keys(bytes: &[u8]) -> Result<impl Iterator<Item = DedupKey> + '_, DbError> {
+    if bytes.len() % 16 != 0 {
+        return Err(DbError::Corrupt {
+            table: "dedup_blocks",
+            message: format!("a block of {} bytes is not whole keys", bytes.len()),
+        });
+    }
+    Ok(bytes
+        .chunks_exact(16)
+        .map(|k| DedupKey::from_le_bytes(k.try_into().expect("16 bytes"))))
 }
 
-/// Idempotency keys still valid at `now`.
-pub async fn load_dedup_keys(
-    c: &mut Conn,
-    now: Micros,
-) -> Result<Vec<(DedupKey, Micros)>, DbError> {
-    let rows =
-        sqlx::query("select key_hi, key_lo, expires_at from dedup_keys where expires_at > $1")
-            .bind(now)
-            .fetch_all(c)
-            .await?;
-    rows.iter()
-        .map(|r| Ok((join_key(r.try_get(0)?, r.try_get(1)?), r.try_get(2)?)))
-        .collect()
+/// Loads the idempotency keys still valid at `now` into `dedup`, oldest block first
+/// (streamed: one block in memory at a time).
+pub async fn load_dedup_keys(c: &mut Conn, now: Micros, dedup: &Dedup) -> Result<(), DbError> {
+    use futures_util::TryStreamExt;
+    let mut rows = sqlx::query(
+        "select expires_at, keys from dedup_blocks where expires_at > $1 order by expires_at",
+    )
+    .bind(now)
+    .fetch(c);
+    while let Some(row) = rows.try_next().await? {
+        let expires: Micros = row.try_get(0)?;
+        let bytes: Vec<u8> = row.try_get(1)?;
+        dedup.load(block_keys(&bytes)?.map(|key| (key, expires)), now);
+    }
+    Ok(())
 }
 
-/// Drops expired idempotency keys.
-pub async fn purge_dedup_keys(c: &mut Conn, now: Micros) -> Result<u64, DbError> {
-    let done = sqlx::query("delete from dedup_keys where expires_at <= $1")
-        .bind(now)
-        .execute(c)
-        .await?;
+/// Blocks one purge statement deletes at most.
+pub const PURGE_BATCH: i64 = 1000;
+
+/// Deletes up to [`PURGE_BATCH`] blocks of idempotency keys that all expire before `before`;
+/// how many.
+pub async fn purge_dedup_keys(c: &mut Conn, before: Micros) -> Result<u64, DbError> {
+    let done = sqlx::query(
+        "delete from dedup_blocks where id in (select id from dedup_blocks \
+         where expires_at < $1 limit $2)",
+    )
+    .bind(before)
+    .bind(PURGE_BATCH)
+    .execute(c)
+    .await?;
     Ok(done.rows_affected())
+}
+
+/// Moves the keys of `dedup_keys` (a row per key, written before blocks) into blocks, a
+/// bounded number per transaction; expired ones go. Nothing to do once it is empty.
+pub async fn convert_dedup_keys(c: &mut Conn, now: Micros) -> Result<u64, DbError> {
+    let mut moved = 0;
+    loop {
+        let mut tx = sqlx::Connection::begin(&mut *c).await?;
+        let rows = sqlx::query(
+            "delete from dedup_keys where (key_hi, key_lo) in (select key_hi, key_lo \
+             from dedup_keys limit 100000) returning key_hi, key_lo, expires_at",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(moved);
+        }
+        let mut keys = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let expires: Micros = row.try_get(2)?;
+            if expires > now {
+                keys.push((join_key(row.try_get(0)?, row.try_get(1)?), expires));
+            }
+        }
+        if !keys.is_empty() {
+            let (expires, bytes) = key_block(&keys);
+            sqlx::query("insert into dedup_blocks (expires_at, keys) values ($1, $2)")
+                .bind(expires)
+                .bind(bytes)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        moved += keys.len() as u64;
+    }
 }
 
 fn opt_id(id: Option<Uuid>) -> String {
@@ -449,7 +537,7 @@ fn rollups_sql(rows: &[(RollupKey, RollupSums)], out: &mut Vec<Statement>) {
         sql.push_str(ROLLUP_ADD);
         out.push(Statement {
             sql,
-            params: Vec::new(),
+            ..Statement::default()
         });
     }
 }
@@ -475,8 +563,12 @@ impl FlushWrites<'_> {
         !(self.budgets.is_empty() && self.rates.is_empty())
     }
 
+    /// Rows written: the keys are one (a block).
     pub fn rows(&self) -> usize {
-        self.budgets.len() + self.rates.len() + self.rollups.len() + self.keys.len()
+        self.budgets.len()
+            + self.rates.len()
+            + self.rollups.len()
+            + usize::from(!self.keys.is_empty())
     }
 
     /// The statements: window resets and usage deltas tagged with `version` (a number or an
@@ -486,7 +578,7 @@ impl FlushWrites<'_> {
         budget_deltas_sql(backend, version, self.budgets, &mut statements);
         rate_limit_deltas_sql(backend, version, self.rates, &mut statements);
         rollups_sql(self.rollups, &mut statements);
-        dedup_keys_sql(self.keys, &mut statements);
+        dedup_block_sql(backend, self.keys, &mut statements);
         statements
     }
 }
@@ -521,12 +613,13 @@ pub async fn commit_flush(
     if let Some(mark) = mark {
         statements.push(Statement {
             sql: mark.upsert_sql(),
-            params: Vec::new(),
+            ..Statement::default()
         });
     }
     let size: usize = statements.iter().map(|s| s.sql.len()).sum();
     // PostgreSQL's statements bind parameters, which a string of statements cannot.
-    if backend == Backend::Postgres || size > ONE_ROUND_TRIP_MAX {
+    let binds = statements.iter().any(|s| s.blob.is_some());
+    if backend == Backend::Postgres || binds || size > ONE_ROUND_TRIP_MAX {
         return commit_statement_by_statement(c, backend, writes.takes_version(), statements).await;
     }
     // SQLite's string: `begin immediate` takes the write lock at once rather than on the
@@ -600,12 +693,11 @@ static POSTGRES_FLUSH: std::sync::LazyLock<String> = std::sync::LazyLock::new(||
                  $19::bigint[]) \
              where (select count(*) from r) >= 0 \
              {ROLLUP_ADD} returning 1), \
-         k as (insert into dedup_keys (key_hi, key_lo, expires_at) \
-             select * from unnest($20::bigint[], $21::bigint[], $22::bigint[]) \
-             where (select count(*) from u) >= 0 \
-             on conflict do nothing), \
+         k as (insert into dedup_blocks (expires_at, keys) \
+             select $20::bigint, $21::bytea \
+             where octet_length($21::bytea) > 0 and (select count(*) from u) >= 0), \
          m as (insert into commit_marks (writer, seq, fenced, moved_at, fresh) \
-             select $23::bigint, $24::bigint, false, $25::bigint, true where $26 \
+             select $22::bigint, $23::bigint, false, $24::bigint, true where $25 \
              {UPSERT_TAIL}) \
          select usage_version from clock"
     )
@@ -692,17 +784,12 @@ async fn commit_prepared(
         rollups[8].int(v.tokens);
         rollups[9].int(v.cost);
     }
-    let mut keys = columns::<3>();
-    for (key, expires) in sorted_keys(writes.keys) {
-        let (hi, lo) = split_key(key);
-        keys[0].int(hi);
-        keys[1].int(lo);
-        keys[2].int(expires);
-    }
+    let (expires, block) = key_block(writes.keys);
     let mut query = sqlx::query(POSTGRES_FLUSH.as_str()).bind(writes.takes_version());
-    for column in budgets.into_iter().chain(rates).chain(rollups).chain(keys) {
+    for column in budgets.into_iter().chain(rates).chain(rollups) {
         query = query.bind(column.done());
     }
+    query = query.bind(expires).bind(block);
     let m = mark.unwrap_or(Mark {
         writer: 0,
         seq: 0,
@@ -779,6 +866,9 @@ async fn run_statements(
         let mut query = sqlx::query(&statement.sql).persistent(false);
         for param in statement.params {
             query = query.bind(param);
+        }
+        if let Some(blob) = statement.blob {
+            query = query.bind(blob);
         }
         query.execute(&mut *c).await?;
     }

@@ -32,6 +32,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         "commit_marks",
         include_str!("../../migrations/postgres/0005_commit_marks.sql"),
     ),
+    (
+        6,
+        "dedup_blocks",
+        include_str!("../../migrations/postgres/0006_dedup_blocks.sql"),
+    ),
 ];
 const SQLITE: &[(i64, &str, &str)] = &[
     (
@@ -43,6 +48,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         2,
         "usage_flush",
         include_str!("../../migrations/sqlite/0002_usage_flush.sql"),
+    ),
+    (
+        3,
+        "dedup_blocks",
+        include_str!("../../migrations/sqlite/0003_dedup_blocks.sql"),
     ),
 ];
 
@@ -95,5 +105,9 @@ pub async fn run(conn: &mut Conn, backend: Backend) -> Result<(), DbError> {
         tracing::info!(version, description, "applied migration");
     }
     tx.commit().await?;
+    let moved = super::flush::convert_dedup_keys(conn, crate::domain::time::now_micros()).await?;
+    if moved > 0 {
+        tracing::info!(keys = moved, "idempotency keys moved into blocks");
+    }
     Ok(())
 }

@@ -206,8 +206,8 @@ impl UsageUpdate<'_> {
 }
 
 /// Applies one valid update unless it is a repeat; true when applied. Everything it changes
-/// goes to the side of `entered`, so that one flush writes its key, counters and rollup
-/// together.
+/// (its idempotency key included) goes to the side of `entered`, so that one flush writes its
+/// key, counters and rollup together.
 fn record(
     state: &AppState,
     snapshot: &Snapshot,
@@ -215,10 +215,11 @@ fn record(
     valid: &Valid<'_>,
     now: Micros,
 ) -> Option<Charge> {
-    let claimed = match valid.dedup {
-        Some(key) => Some((key, state.dedup.claim(key, now)?)),
-        None => None,
-    };
+    if let Some(key) = valid.dedup {
+        if !state.dedup.claim_for(key, now, entered.side()) {
+            return None;
+        }
+    }
     let applied = apply(snapshot, &valid.event, now, entered);
     if applied.unknown_key {
         tracing::debug!("usage for an unknown virtual key: key levels skipped");
@@ -234,9 +235,6 @@ fn record(
         e.model,
         &charge,
     );
-    if let Some((key, expires)) = claimed {
-        state.dedup.applied(key, expires, entered.side());
-    }
     Some(charge)
 }
 
