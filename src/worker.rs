@@ -1,4 +1,4 @@
-//! The background worker (SPEC §5): every `flush_interval` it rolls expired windows, writes
+//! The background worker (`docs/durability.md`): every `flush_interval` it rolls expired windows, writes
 //! resets and usage deltas to the database, reads back what other replicas wrote, reloads the
 //! configuration when another replica changed it, and persists idempotency keys and hourly
 //! rollups. `flush_once` is the whole of one tick; the loop only schedules it.

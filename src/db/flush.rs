@@ -592,9 +592,9 @@ const CURRENT_USAGE_VERSION: &str = "(select usage_version from heimdall_clock w
 /// statement ([`POSTGRES_FLUSH`]); on SQLite one string of statements, transaction
 /// included, one hand-over to the connection thread where a transaction of separate
 /// statements takes four — each a wake-up of another thread, which on a busy machine waits
-/// for a core. A large flush is a transaction of statements sent one by one (on SQLite, as
-/// one string, a minute of batch load left RSS ~30 MiB higher); on PostgreSQL those of the
-/// counters bind their rows as parameters (see [`rows_table`]).
+/// for a core. A large flush is a transaction of statements sent one by one (as one string,
+/// SQLite would hold the whole text at once); on PostgreSQL those of the counters bind their
+/// rows as parameters (see [`rows_table`]).
 ///
 /// On PostgreSQL the flush raises this process's commit mark to `mark` in the same
 /// transaction (see [`super::marks`]): a commit whose outcome is unknown can then be resolved

@@ -1,4 +1,4 @@
-//! Reset durations (SPEC §2): `30s`, `5m`, `1h30m`, `1d`, `2w`, `1M`, `1Y`, `daily`, … .
+//! Reset durations (`docs/semantics.md`): `30s`, `5m`, `1h30m`, `1d`, `2w`, `1M`, `1Y`, `daily`, … .
 //! Case matters: `m` is a minute, `M` a month. Rolling windows count a month as 30 days and a
 //! year as 365 days; calendar windows use the calendar unit itself.
 

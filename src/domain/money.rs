@@ -54,7 +54,7 @@ impl Money {
 }
 
 impl fmt::Display for Money {
-    /// Four decimals, as in the reference system's messages (`10.0000`).
+    /// Four decimals, as in decision messages (`10.0000`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:.4}", self.to_usd())
     }

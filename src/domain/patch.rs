@@ -1,5 +1,5 @@
 //! A field of a partial update: absent (keep), `null` (clear) or a value (set) — the PUT
-//! semantics of API.md.
+//! semantics of the admin API (`docs/semantics.md`).
 
 use serde::{Deserialize, Deserializer};
 

@@ -1,5 +1,5 @@
 //! Windows: when a budget or rate-limit window ends and where the next one starts. This is the
-//! one expiry rule (SPEC §2) that the check path, the usage path, the admin views and the worker
+//! one expiry rule that the check path, the usage path, the admin views and the worker
 //! all share.
 
 use jiff::civil::Date;

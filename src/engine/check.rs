@@ -1,4 +1,4 @@
-//! The check (SPEC §3): may this request go out? Visits the limits in the reference order —
+//! The check (`docs/semantics.md`): may this request go out? Visits the limits in order —
 //! required headers, mandatory key, provider and model limits, user, then the key's own
 //! gates and its rate-limit and budget hierarchies — and reports every limit it evaluated.
 

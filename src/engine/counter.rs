@@ -18,7 +18,7 @@ use super::capture::Side;
 use crate::domain::{Micros, WindowRule};
 
 /// A counter shared by every snapshot of the entity that owns it, so that config changes keep
-/// the usage (SPEC §5).
+/// the usage.
 #[derive(Debug)]
 pub struct Counter {
     /// Added here and not yet flushed (current window only).

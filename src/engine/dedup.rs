@@ -1,4 +1,4 @@
-//! Idempotency of usage updates [ext]: the keys `(request_id, attempt, phase)` seen within the
+//! Idempotency of usage updates: the keys `(request_id, attempt, phase)` seen within the
 //! dedup window, held compactly and within a bound.
 //!
 //! A key is the first 128 bits of a SHA-256 digest. It costs one 16-byte slot in an

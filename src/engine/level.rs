@@ -16,7 +16,7 @@ pub enum Level {
 }
 
 impl Level {
-    /// The name used in decision messages, as in the reference system (`VK budget exceeded`).
+    /// The name used in decision messages, as Bifrost's messages name it (`VK budget exceeded`).
     pub fn label(self) -> &'static str {
         match self {
             Level::Provider => "Provider",

@@ -1,4 +1,4 @@
-//! Hourly usage rollups [ext]: what each hour × key × team × customer × user × provider ×
+//! Hourly usage rollups: what each hour × key × team × customer × user × provider ×
 //! model used, accumulated in memory between flushes and added to the database by the worker.
 
 use std::collections::HashMap;

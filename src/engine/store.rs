@@ -123,7 +123,7 @@ impl Snapshot {
         self.re_resolve(|k, _| k.team_id == Some(id));
     }
 
-    /// Removes a team; its virtual keys stay, detached from it (SPEC §5).
+    /// Removes a team; its virtual keys stay, detached from it.
     pub fn remove_team(&mut self, id: Uuid) {
         self.teams.remove(&id);
         for vk in self.virtual_keys.values_mut() {

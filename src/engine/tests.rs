@@ -1,4 +1,4 @@
-//! Engine tests with the reference system's numbers: checks, usage, hierarchies, windows,
+//! Engine tests with worked numbers: checks, usage, hierarchies, windows,
 //! and the invariants (no increment lost, every level charged, resets restore capacity).
 
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! Usage (SPEC §4, the seed's `UpdateUsage`): what one finished request, or one streaming
+//! Usage (`docs/semantics.md`): what one finished request, or one streaming
 //! chunk, adds to every counter that governs it.
 
 use super::capture::{Entered, Side};

@@ -1,5 +1,5 @@
 //! `/api/governance/budgets` and `/api/governance/rate-limits`: every limit with its live
-//! usage, and the explicit resets [ext].
+//! usage, and the explicit resets.
 
 use axum::extract::State;
 use serde::Serialize;

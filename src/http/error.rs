@@ -1,4 +1,4 @@
-//! The one error envelope of API.md, `{"status_code", "error": {"type", "message"}}`, and the
+//! The one error envelope, `{"status_code", "error": {"type", "message"}}`, and the
 //! single mapping from error kind to HTTP status.
 
 use axum::http::StatusCode;

@@ -57,7 +57,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
     }
 }
 
-/// The reference system's `UsageUpdate`. Unknown fields are ignored.
+/// A usage update, with Bifrost's field names. Unknown fields are ignored.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct UsageUpdate<'a> {
     #[serde(borrow)]

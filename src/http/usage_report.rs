@@ -1,4 +1,4 @@
-//! `GET /api/governance/usage` [ext]: what was used per hour or day, grouped by key, team,
+//! `GET /api/governance/usage`: what was used per hour or day, grouped by key, team,
 //! customer, user, provider or model — from the hourly rollups the worker writes.
 
 use axum::extract::State;

@@ -1,4 +1,4 @@
-//! `/api/governance/users/{user_id}` [ext]: budgets and rate limits of one end user.
+//! `/api/governance/users/{user_id}`: budgets and rate limits of one end user.
 
 use std::sync::Arc;
 
