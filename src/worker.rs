@@ -323,6 +323,10 @@ impl Flusher {
         // Updates go to the other side from here on; the side left holds whole updates only,
         // every one applied before `covered` among them (see `engine::capture`).
         let side = snapshot.dirty.flip();
+        while !snapshot.dirty.settled(side) {
+            // Updates in progress on it finish within microseconds; they never wait for us.
+            tokio::task::yield_now().await;
+        }
         let keys = self.dedup.take_unsaved(side);
         let rollups = self.rollups.drain(side);
         let mut budgets: Vec<Arc<Budget>> = Vec::new();

@@ -1,6 +1,6 @@
 //! The limits whose counters changed since the last flush, so that a flush woken early by
 //! durable writers visits only those instead of every counter; one queue per side (see
-//! [`super::capture`]), with the gate that keeps an update on one side.
+//! [`super::capture`]), with the capture that keeps an update on one side.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,9 +41,15 @@ impl DirtySet {
         self.capture.enter()
     }
 
-    /// Ends the current side for a flush (see [`Capture::flip`]).
+    /// Ends the current side for a flush (see [`Capture::flip`]); take the side returned once
+    /// it is [`settled`](DirtySet::settled).
     pub fn flip(&self) -> Side {
         self.capture.flip()
+    }
+
+    /// Whether the updates in progress on `side` are done.
+    pub fn settled(&self, side: Side) -> bool {
+        self.capture.settled(side)
     }
 
     /// The side updates go to now.

@@ -423,7 +423,7 @@ fn a_key_moved_to_a_new_team_charges_the_new_team() {
 }
 
 #[test]
-fn the_check_visits_gates_in_the_reference_order() {
+fn the_check_visits_gates_in_order() {
     let mut k = key("sk", Limits::default());
     k.provider_configs = vec![pc("openai", &["gpt-4o"], Limits::default())];
     let mut s = with_key(k.clone());
