@@ -467,6 +467,7 @@ mod tests {
             ("HEIMDALL__REQUEST_TIMEOUT", "0s"),
             ("HEIMDALL__IDLE_TIMEOUT", "5s"),
             ("HEIMDALL__MAX_CONNECTIONS", "0"),
+            ("HEIMDALL__DEDUP_MAX_KEYS", "999"),
         ] {
             let err = Config::load(None, env(&[(key, value)]), &Overrides::default())
                 .unwrap_err()

@@ -331,26 +331,49 @@ impl Dedup {
         let mut g = self.generations();
         let closes_at = self.closes_at.load(Ordering::Relaxed);
         if now >= closes_at || self.current_keys.load(Ordering::Relaxed) >= self.generation_keys {
-            let keys = self.current_keys.swap(0, Ordering::Relaxed);
-            if keys > 0 {
-                self.closed_keys.fetch_add(keys, Ordering::Relaxed);
-                let id = g.current;
-                // Every claim turns first, so the keys came before the span's end (or now, if
-                // the generation closes early because it is full).
-                g.closed.push_back(Closed {
-                    id,
-                    expires_at: now.min(closes_at).saturating_add(self.window),
-                    keys,
-                });
-                g.current = id.wrapping_add(1);
-            }
+            // Every claim turns first, so the keys came before the span's end (or now, if the
+            // generation closes early because it is full).
+            self.close(&mut g, now.min(closes_at).saturating_add(self.window));
             self.closes_at
                 .store(now.saturating_add(self.span), Ordering::Relaxed);
         }
+        // A new key is about to come: room for it.
+        let evicted = self.shed(&mut g, now, self.max_keys - 1);
+        let live = self.publish(&g);
+        // The worker's upkeep sweeps long before this; should it not have run, the hot
+        // path does, before a stale generation number can come round.
+        if g.current.wrapping_sub(g.swept_at) >= 2 * SWEEP_EVERY {
+            g.swept_at = g.current;
+            self.sweep(live, true);
+        }
+        drop(g);
+        self.count_evicted(now, evicted);
+    }
+
+    /// Closes the current generation, its keys expiring at `expires_at` (nothing to close
+    /// when it holds none).
+    fn close(&self, g: &mut Generations, expires_at: Micros) {
+        let keys = self.current_keys.swap(0, Ordering::Relaxed);
+        if keys == 0 {
+            return;
+        }
+        self.closed_keys.fetch_add(keys, Ordering::Relaxed);
+        let id = g.current;
+        g.closed.push_back(Closed {
+            id,
+            expires_at,
+            keys,
+        });
+        g.current = id.wrapping_add(1);
+    }
+
+    /// Drops the oldest closed generations while they have expired or more than `limit` keys
+    /// are held; how many keys went before their time.
+    fn shed(&self, g: &mut Generations, now: Micros, limit: usize) -> usize {
         let mut evicted = 0;
         while let Some(oldest) = g.closed.front().copied() {
             let expired = oldest.expires_at <= now;
-            if !expired && self.len() < self.max_keys {
+            if !expired && self.len() <= limit {
                 break;
             }
             g.closed.pop_front();
@@ -362,14 +385,10 @@ impl Dedup {
                     .fetch_max(oldest.expires_at, Ordering::Relaxed);
             }
         }
-        let live = self.publish(&g);
-        // The worker's upkeep sweeps long before this; should it not have run, the hot
-        // path does, before a stale generation number can come round.
-        if g.current.wrapping_sub(g.swept_at) >= 2 * SWEEP_EVERY {
-            g.swept_at = g.current;
-            self.sweep(live, true);
-        }
-        drop(g);
+        evicted
+    }
+
+    fn count_evicted(&self, now: Micros, evicted: usize) {
         if evicted > 0 {
             self.evicted.fetch_add(evicted as u64, Ordering::Relaxed);
             self.log_bound(now, evicted);
@@ -453,36 +472,12 @@ impl Dedup {
     /// Closes the generation a load filled as expiring at `expires_at`, and drops the oldest
     /// while the bound is passed.
     fn close_loaded(&self, expires_at: Micros, now: Micros) {
-        let keys = self.current_keys.swap(0, Ordering::Relaxed);
-        if keys == 0 {
-            return;
-        }
         let mut g = self.generations();
-        self.closed_keys.fetch_add(keys, Ordering::Relaxed);
-        let id = g.current;
-        g.closed.push_back(Closed {
-            id,
-            expires_at,
-            keys,
-        });
-        g.current = id.wrapping_add(1);
-        let mut evicted = 0;
-        while self.len() > self.max_keys {
-            let Some(oldest) = g.closed.pop_front() else {
-                break;
-            };
-            self.closed_keys.fetch_sub(oldest.keys, Ordering::Relaxed);
-            self.evicted_until
-                .fetch_max(oldest.expires_at, Ordering::Relaxed);
-            evicted += oldest.keys;
-        }
+        self.close(&mut g, expires_at);
+        let evicted = self.shed(&mut g, now, self.max_keys);
         self.publish(&g);
         drop(g);
-        if evicted > 0 {
-            self.shrunk.store(true, Ordering::Relaxed);
-            self.evicted.fetch_add(evicted as u64, Ordering::Relaxed);
-            self.log_bound(now, evicted);
-        }
+        self.count_evicted(now, evicted);
     }
 
     /// Takes the keys queued on `side`, for the flush to persist.
@@ -559,11 +554,6 @@ impl Dedup {
     /// dropped here by the bound.
     pub fn purge_before(&self, now: Micros) -> Micros {
         now.max(self.evicted_until.load(Ordering::Relaxed))
-    }
-
-    /// The most keys held.
-    pub fn max_keys(&self) -> usize {
-        self.max_keys
     }
 }
 

@@ -117,6 +117,12 @@ impl TestDb {
         }
     }
 
+    /// Idempotency keys stored: the keys in every block of `dedup_blocks` (16 bytes each).
+    pub async fn stored_keys(&self) -> i64 {
+        self.scalar("select coalesce(sum(length(keys)), 0) / 16 from dedup_blocks")
+            .await
+    }
+
     /// Runs SQL against the test database directly (to arrange state a test needs).
     pub async fn execute(&self, sql: &str) {
         sqlx::any::install_default_drivers();
