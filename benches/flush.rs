@@ -50,7 +50,7 @@ async fn main() {
         ..heimdall::Config::default()
     };
     let app = heimdall::App::build(config).await.unwrap();
-    let flusher = app.state().flusher();
+    let flusher = app.state().worker.clone();
     let snapshot = app.state().store.snapshot();
 
     let mut times = Vec::new();

@@ -3,14 +3,12 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Auth;
 use crate::config::Config;
 use crate::db::{flush, Db, DbError};
 use crate::domain::time::now_micros;
@@ -18,8 +16,10 @@ use crate::engine::check::CheckPolicy;
 use crate::engine::dedup::Dedup;
 use crate::engine::rollup::Rollups;
 use crate::engine::Store;
-use crate::state::AppState;
-use crate::worker::{self, FlushSignal, Versions};
+use crate::http::auth::Auth;
+use crate::http::state::AppState;
+use crate::telemetry::Metrics;
+use crate::worker::{self, Worker};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -62,7 +62,7 @@ impl App {
         }
         let db = Db::connect_with_cache(
             &config.database_url,
-            crate::db::writer_cache_mib(config.ack),
+            crate::db::writer_cache_mib(config.ack == crate::config::AckMode::Durable),
         )
         .await?;
         db.migrate().await?;
@@ -114,19 +114,24 @@ impl App {
                     addr: config.listen,
                     source,
                 })?;
-        let versions = Versions::default();
-        versions.start_at(config_version, usage_version);
-        let state = AppState(Arc::new(crate::state::SharedState {
-            store: Arc::new(Store::new(snapshot)),
+        let store = Arc::new(Store::new(snapshot));
+        let dedup = Arc::new(dedup);
+        let rollups = Arc::new(Rollups::default());
+        let metrics = Arc::new(Metrics::new());
+        let worker = Worker::new(
+            Arc::clone(&store),
+            db.clone(),
+            Arc::clone(&dedup),
+            Arc::clone(&rollups),
+            Arc::clone(&metrics),
+            (config_version, usage_version),
+        );
+        let state = AppState(Arc::new(crate::http::state::SharedState {
+            store,
+            dedup,
+            rollups,
             db,
-            admin_writes: Arc::new(tokio::sync::Mutex::new(())),
-            flushing: Arc::new(tokio::sync::Mutex::new(())),
-            journal: Arc::new(crate::worker::Journal::default()),
-            dedup: Arc::new(dedup),
-            rollups: Arc::new(Rollups::default()),
-            versions: Arc::new(versions),
-            signal: Arc::new(FlushSignal::default()),
-            db_up: Arc::new(AtomicBool::new(true)),
+            worker,
             policy: Arc::new(CheckPolicy {
                 require_virtual_key: config.require_virtual_key,
                 required_headers: config
@@ -136,11 +141,11 @@ impl App {
                     .collect(),
             }),
             auth: Arc::new(auth),
-            metrics: Arc::new(crate::telemetry::Metrics::new()),
+            metrics,
             config: Arc::new(config),
         }));
         // Windows that ended while the service was down are reset now, at every level.
-        state.flusher().flush_once().await?;
+        state.worker.flush_once().await?;
         Ok(App { listener, state })
     }
 
@@ -165,7 +170,7 @@ impl App {
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(worker::run(
-            self.state.flusher(),
+            self.state.worker.clone(),
             self.state.config.flush_interval,
             cancel.clone(),
         ));
@@ -185,7 +190,7 @@ impl App {
 
 /// Folds histogram samples into buckets every few seconds, so memory stays bounded however
 /// rarely `/metrics` is scraped.
-async fn upkeep(metrics: Arc<crate::telemetry::Metrics>, cancel: CancellationToken) {
+async fn upkeep(metrics: Arc<Metrics>, cancel: CancellationToken) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

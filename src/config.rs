@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::db::Backend;
-use crate::domain::ResetDuration;
+use crate::domain::{Backend, ResetDuration};
 
 /// Everything Heimdall can be configured with. Every key is documented in
 /// `config.example.toml`.

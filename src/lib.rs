@@ -3,14 +3,12 @@
 //! to SQLite or PostgreSQL.
 
 pub mod app;
-pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod domain;
 pub mod engine;
 pub mod http;
-pub mod state;
 pub mod telemetry;
 pub mod worker;
 

@@ -120,7 +120,7 @@ async fn every_flush_writes_whole_updates() {
     }
     let mut checked = 0;
     for _ in 0..60 {
-        app.state.flusher().flush_dirty().await.expect("flush");
+        app.state.worker.clone().flush_dirty().await.expect("flush");
         let keys = db.stored_keys().await;
         let requests = db
             .scalar("select coalesce(sum(requests), 0) from usage_rollups")

@@ -225,7 +225,7 @@ impl DurableLoad {
 async fn settle(app: TestApp) {
     let mut flushed = false;
     for _ in 0..100 {
-        if app.state.flusher().flush_once().await.is_ok() {
+        if app.state.worker.clone().flush_once().await.is_ok() {
             flushed = true;
             break;
         }

@@ -293,7 +293,7 @@ async fn idempotency_keys_stay_within_their_bound_in_memory_and_in_the_database(
     assert_eq!(body["accepted"], 100);
     app.flush().await;
 
-    let flusher = app.state.flusher();
+    let flusher = app.state.worker.clone();
     let before = flusher.maintain_dedup().await;
     flusher.purge_dedup(before, 1).await.unwrap();
     // Whole blocks go: a block (one flush) is kept while any of its keys is held.

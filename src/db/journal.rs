@@ -6,7 +6,7 @@
 //! few hundred row updates, serialised on the clock row; one appended row costs one insert
 //! and the log flush. Folding can be deferred and batched because a counter delta commutes:
 //! applying `(start, delta)` to a row keeps the later of the two windows and adds the deltas
-//! of that window (see [`apply`]), so deltas from any number of commits and replicas fold in
+//! of that window (see `engine::delta`), so deltas from any number of commits and replicas fold in
 //! any order to the same totals, and merge into one update per counter. Whichever process
 //! folds an entry deletes it in the transaction that writes it, so each entry is folded
 //! exactly once, whether by its writer, another replica, or a process starting up after a
@@ -27,6 +27,7 @@ use super::{Backend, Conn, Db, DbError};
 use crate::domain::Micros;
 use crate::engine::counter::FlushItem;
 use crate::engine::dedup::DedupKey;
+use crate::engine::delta::{self, Delta};
 use crate::engine::rollup::{RollupKey, RollupSums};
 
 /// The format of entries this build writes; entries of another format are refused by folds.
@@ -114,25 +115,6 @@ impl Entry {
                 .collect(),
         }
     }
-}
-
-/// A counter delta: the window it belongs to and the amount. (`FlushItem` without the
-/// reset flag, which the database infers.)
-pub type Delta = (Micros, i64);
-
-/// A row `(last_reset, usage)` after taking `delta`, as the flush's SQL does it: a newer
-/// window replaces the row's, the same window adds, an older one is dropped.
-pub fn apply(row: Delta, delta: Delta) -> Delta {
-    match delta.0.cmp(&row.0) {
-        std::cmp::Ordering::Greater => delta,
-        std::cmp::Ordering::Equal => (row.0, row.1.saturating_add(delta.1)),
-        std::cmp::Ordering::Less => row,
-    }
-}
-
-/// Two deltas as one: applying the result equals applying both, in either order.
-pub fn merge(a: Delta, b: Delta) -> Delta {
-    apply(a, b)
 }
 
 fn corrupt(message: String) -> DbError {
@@ -354,15 +336,15 @@ impl Merged {
         for (id, start, delta) in entry.b {
             self.budgets
                 .entry(id)
-                .and_modify(|d| *d = merge(*d, (start, delta)))
+                .and_modify(|d| *d = delta::merge(*d, (start, delta)))
                 .or_insert((start, delta));
         }
         for (id, ts, td, rs, rd) in entry.r {
             self.rates
                 .entry(id)
                 .and_modify(|(t, q)| {
-                    *t = merge(*t, (ts, td));
-                    *q = merge(*q, (rs, rd));
+                    *t = delta::merge(*t, (ts, td));
+                    *q = delta::merge(*q, (rs, rd));
                 })
                 .or_insert(((ts, td), (rs, rd)));
         }
@@ -435,47 +417,6 @@ impl OwnedWrites {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
-
-    fn deltas() -> impl Strategy<Value = Vec<Delta>> {
-        prop::collection::vec((0i64..4, -5i64..50), 0..12)
-    }
-
-    proptest! {
-        /// Folding merged deltas gives the row that applying them one by one, in the order
-        /// they were committed, gives: the fold may batch and reorder entries.
-        #[test]
-        fn merged_deltas_fold_to_what_applying_them_in_turn_gives(
-            row in (0i64..4, 0i64..100),
-            ops in deltas(),
-            cut in 0usize..12,
-        ) {
-            let one_by_one = ops.iter().fold(row, |r, d| apply(r, *d));
-            if let Some((first, rest)) = ops.split_first() {
-                let merged = rest.iter().fold(*first, |m, d| merge(m, *d));
-                prop_assert_eq!(apply(row, merged), one_by_one);
-            }
-            let mut reversed = ops.clone();
-            reversed.reverse();
-            prop_assert_eq!(reversed.iter().fold(row, |r, d| apply(r, *d)), one_by_one);
-            // Two batches folded one after the other.
-            let cut = cut.min(ops.len());
-            let (a, b) = ops.split_at(cut);
-            let half = b.iter().fold(a.iter().fold(row, |r, d| apply(r, *d)), |r, d| apply(r, *d));
-            prop_assert_eq!(half, one_by_one);
-        }
-    }
-
-    #[test]
-    fn a_delta_applies_as_the_flush_sql_does() {
-        assert_eq!(apply((10, 7), (10, 3)), (10, 10), "same window adds");
-        assert_eq!(apply((10, 7), (20, 3)), (20, 3), "a newer window resets");
-        assert_eq!(
-            apply((20, 7), (10, 3)),
-            (20, 7),
-            "an ended window's delta is dropped"
-        );
-    }
 
     #[test]
     fn entries_round_trip_through_json() {

@@ -19,28 +19,9 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::pool::PoolConnection;
 use sqlx::{AnyConnection, AnyPool, ConnectOptions, Connection, Executor, Transaction};
 
+pub use crate::domain::Backend;
 pub use load::load_snapshot;
 pub use writes::*;
-
-/// Which database a URL names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Postgres,
-    Sqlite,
-}
-
-impl Backend {
-    pub fn from_url(url: &str) -> Result<Self, DbError> {
-        let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or("");
-        match scheme {
-            "postgres" | "postgresql" => Ok(Backend::Postgres),
-            "sqlite" => Ok(Backend::Sqlite),
-            _ => Err(DbError::BadUrl(format!(
-                "unsupported database URL scheme '{scheme}' (use postgres:// or sqlite://)"
-            ))),
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -204,10 +185,11 @@ struct Checkpoint {
 /// durable writers wait for it: a cache holding those tables (~15 MiB for 10 000 keys with
 /// their teams and customers) keeps them from being re-read on every commit. Buffered flushes
 /// run once per interval with nobody waiting: SQLite's default does.
-pub fn writer_cache_mib(ack: crate::config::AckMode) -> u32 {
-    match ack {
-        crate::config::AckMode::Durable => 32,
-        crate::config::AckMode::Buffered => BUFFERED_WRITER_CACHE_MIB,
+pub fn writer_cache_mib(durable: bool) -> u32 {
+    if durable {
+        32
+    } else {
+        BUFFERED_WRITER_CACHE_MIB
     }
 }
 
@@ -247,7 +229,7 @@ impl Db {
     /// Connects with a SQLite writer page cache of `writer_cache_mib` (see [`writer_cache_mib`]).
     pub async fn connect_with_cache(url: &str, writer_cache_mib: u32) -> Result<Db, DbError> {
         sqlx::any::install_default_drivers();
-        let backend = Backend::from_url(url)?;
+        let backend = Backend::from_url(url).map_err(DbError::BadUrl)?;
         let sep = if url.contains('?') { '&' } else { '?' };
         let url = match backend {
             Backend::Sqlite if !url.contains("mode=") => format!("{url}{sep}mode=rwc"),

@@ -5,6 +5,7 @@ pub mod capture;
 pub mod check;
 pub mod counter;
 pub mod dedup;
+pub mod delta;
 pub mod dirty;
 pub mod entities;
 pub mod level;

@@ -14,7 +14,7 @@ use super::path_id;
 use super::AdminTx;
 use crate::db;
 use crate::domain::time::now_micros;
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -93,7 +93,7 @@ pub async fn reset_budget(
     ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<BudgetMessage>, ApiError> {
     let key = path_id("budget", &id)?;
-    let _w = state.admin_writes.lock().await;
+    let _w = state.worker.lock_config().await;
     let s = state.store.snapshot();
     let budget = s
         .find_budget(key)
@@ -118,7 +118,7 @@ pub async fn reset_rate_limit(
     ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<RateLimitMessage>, ApiError> {
     let key = path_id("rate limit", &id)?;
-    let _w = state.admin_writes.lock().await;
+    let _w = state.worker.lock_config().await;
     let s = state.store.snapshot();
     let limit = s
         .find_rate_limit(key)

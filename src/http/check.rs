@@ -18,7 +18,7 @@ use crate::domain::time::{now_micros, serialize_rfc3339, write_rfc3339, MICROS_P
 use crate::domain::{Micros, Money};
 use crate::engine::check::{check, CheckInput, Decision, EntityRef, LimitCheck};
 use crate::engine::level::{Level, LimitKind};
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(check_request))

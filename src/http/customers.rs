@@ -21,7 +21,7 @@ use crate::db::{self, LimitChanges};
 use crate::domain::time::{now_micros, serialize_rfc3339};
 use crate::domain::{Micros, Patch};
 use crate::engine::{Customer, Limits, Snapshot};
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -176,7 +176,7 @@ pub async fn create_customer(
         created_at: now,
         updated_at: now,
     };
-    let _w = state.admin_writes.lock().await;
+    let _w = state.worker.lock_config().await;
     let mut tx = AdminTx::begin(&state).await?;
     changes.write_upserts(&mut tx).await?;
     db::upsert_customer(&mut tx, &customer).await?;
@@ -221,7 +221,7 @@ pub async fn update_customer(
     ApiJson(body): ApiJson<UpdateCustomer>,
 ) -> Result<ApiJson<CustomerMessage>, ApiError> {
     let key = path_id("customer", &id)?;
-    let _w = state.admin_writes.lock().await;
+    let _w = state.worker.lock_config().await;
     let s = state.store.snapshot();
     let old = s
         .customers
@@ -273,7 +273,7 @@ pub async fn delete_customer(
     ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<Message>, ApiError> {
     let key = path_id("customer", &id)?;
-    let _w = state.admin_writes.lock().await;
+    let _w = state.worker.lock_config().await;
     let s = state.store.snapshot();
     let old = s
         .customers

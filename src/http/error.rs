@@ -97,7 +97,7 @@ impl IntoResponse for ApiError {
         let (status, kind) = self.status_and_kind();
         // The detail of an internal error is logged once, on the request's access-log line.
         let failure = match &self {
-            ApiError::Internal(detail) => Some(crate::telemetry::FailureDetail(detail.clone())),
+            ApiError::Internal(detail) => Some(FailureDetail(detail.clone())),
             _ => None,
         };
         let message = self.to_string();
@@ -156,3 +156,7 @@ pub async fn not_found_fallback() -> ApiError {
 pub async fn method_not_allowed_fallback() -> ApiError {
     ApiError::MethodNotAllowed
 }
+
+/// The detail of a 5xx, handed from the error to the access log (never to the client).
+#[derive(Debug, Clone)]
+pub struct FailureDetail(pub String);

@@ -11,7 +11,8 @@ use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::ApiJson;
-use crate::state::AppState;
+use crate::http::state::AppState;
+use crate::telemetry::{Gauges, ENTITY_KINDS};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -37,7 +38,7 @@ pub async fn healthz() -> ApiJson<Health> {
 #[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
     responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    if !state.db_up.load(std::sync::atomic::Ordering::Acquire) {
+    if !state.worker.db_up() {
         return ApiError::Unavailable(
             "database unreachable: the last flush failed; usage is kept in memory and will be \
              written when it is back"
@@ -62,7 +63,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
     responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain; version=0.0.4", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let text = state.metrics.render(&state);
+    let text = state.metrics.render(&gauges(&state));
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -71,4 +72,34 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         text,
     )
         .into_response()
+}
+
+/// The gauges' values now.
+fn gauges(state: &AppState) -> Gauges {
+    let snapshot = state.store.snapshot();
+    let pending_deltas = snapshot
+        .budgets()
+        .filter(|b| b.counter.pending() != 0)
+        .count()
+        + snapshot
+            .rate_limits()
+            .map(|r| usize::from(r.tokens.pending() != 0) + usize::from(r.requests.pending() != 0))
+            .sum::<usize>();
+    let entities = ENTITY_KINDS.map(|kind| match kind {
+        "customer" => snapshot.customers.len(),
+        "team" => snapshot.teams.len(),
+        "virtual_key" => snapshot.virtual_keys.len(),
+        "provider" => snapshot.providers.len(),
+        "model_config" => snapshot.model_configs.len(),
+        _ => snapshot.users.len(),
+    });
+    Gauges {
+        pending_deltas,
+        database_up: state.worker.db_up(),
+        entities,
+        dedup_keys: state.dedup.len(),
+        dedup_bytes: state.dedup.bytes(),
+        dedup_evicted: state.dedup.evicted(),
+        dedup_unwritten: state.dedup.unqueued(),
+    }
 }

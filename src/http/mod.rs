@@ -1,6 +1,7 @@
 //! The HTTP surface: each resource module exposes its routes with their OpenAPI description;
 //! this module composes them and adds the layers (tracing, body limit, auth, fallbacks).
 
+pub mod auth;
 pub mod budgets;
 pub mod check;
 pub mod customers;
@@ -9,9 +10,11 @@ pub mod extract;
 pub mod health;
 pub mod limits;
 pub mod model_configs;
+pub mod observe;
 pub mod page;
 pub mod providers;
 pub mod serve;
+pub mod state;
 pub mod teams;
 pub mod usage;
 pub mod usage_report;
@@ -27,7 +30,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -91,17 +94,17 @@ pub fn router(state: AppState) -> Router {
         .fallback(error::not_found_fallback)
         .method_not_allowed_fallback(error::method_not_allowed_fallback)
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::auth::require_token,
+            std::sync::Arc::clone(&state.auth),
+            auth::require_token,
         ))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(CatchPanicLayer::custom(panicked))
         .layer(axum::middleware::from_fn_with_state(
-            crate::telemetry::Observe {
+            observe::Observe {
                 metrics: std::sync::Arc::clone(&state.metrics),
                 request_timeout: state.config.request_timeout,
             },
-            crate::telemetry::observe,
+            observe::observe,
         ))
         .with_state(state)
 }
@@ -170,7 +173,7 @@ impl AdminTx {
 
     pub async fn commit(self, state: &AppState) -> Result<(), error::ApiError> {
         self.tx.commit().await?;
-        state.versions.config_committed(self.version);
+        state.worker.config_committed(self.version);
         Ok(())
     }
 }

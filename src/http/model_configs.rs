@@ -18,7 +18,7 @@ use crate::db::{self, LimitChanges};
 use crate::domain::time::{now_micros, serialize_rfc3339};
 use crate::domain::{Micros, Patch};
 use crate::engine::{Limits, ModelConfig, Snapshot};
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -190,7 +190,7 @@ pub async fn create_model_config(
         now,
         &mut changes,
     )?;
-    let _w = state.admin_writes.lock().await;
+    let _w = state.worker.lock_config().await;
     check_unique(
         &state.store.snapshot(),
         &model_name,
@@ -240,7 +240,7 @@ pub async fn update_model_config(
     ApiJson(body): ApiJson<UpdateModelConfig>,
 ) -> Result<ApiJson<ModelConfigMessage>, ApiError> {
     let key = path_id("model config", &id)?;
-    let _w = state.admin_writes.lock().await;
+    let _w = state.worker.lock_config().await;
     let s = state.store.snapshot();
     let old = s
         .model_configs
@@ -289,7 +289,7 @@ pub async fn delete_model_config(
     ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<Message>, ApiError> {
     let key = path_id("model config", &id)?;
-    let _w = state.admin_writes.lock().await;
+    let _w = state.worker.lock_config().await;
     let s = state.store.snapshot();
     let old = s
         .model_configs

@@ -17,7 +17,7 @@ use crate::db::{self, LimitChanges};
 use crate::domain::time::{now_micros, serialize_rfc3339};
 use crate::domain::{Micros, Patch};
 use crate::engine::Provider;
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -122,7 +122,7 @@ pub async fn update_provider(
     ApiJson(body): ApiJson<LimitsBody>,
 ) -> Result<ApiJson<ProviderMessage>, ApiError> {
     let name = text_field("provider", &name)?;
-    let _w = state.admin_writes.lock().await;
+    let _w = state.worker.lock_config().await;
     let s = state.store.snapshot();
     let old = s.providers.get(&name);
     let now = now_micros();
@@ -165,7 +165,7 @@ pub async fn delete_provider(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<ApiJson<Message>, ApiError> {
-    let _w = state.admin_writes.lock().await;
+    let _w = state.worker.lock_config().await;
     let s = state.store.snapshot();
     let old = s
         .providers

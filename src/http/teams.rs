@@ -19,7 +19,7 @@ use crate::db::{self, LimitChanges};
 use crate::domain::time::{now_micros, serialize_rfc3339};
 use crate::domain::{Micros, Patch};
 use crate::engine::{Limits, Snapshot, Team};
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -174,7 +174,7 @@ pub async fn create_team(
         now,
         &mut changes,
     )?;
-    let _w = state.admin_writes.lock().await;
+    let _w = state.worker.lock_config().await;
     let s = state.store.snapshot();
     let customer_id = body
         .customer_id
@@ -237,7 +237,7 @@ pub async fn update_team(
     ApiJson(body): ApiJson<UpdateTeam>,
 ) -> Result<ApiJson<TeamMessage>, ApiError> {
     let key = path_id("team", &id)?;
-    let _w = state.admin_writes.lock().await;
+    let _w = state.worker.lock_config().await;
     let s = state.store.snapshot();
     let old = s
         .teams
@@ -292,7 +292,7 @@ pub async fn delete_team(
     ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<Message>, ApiError> {
     let key = path_id("team", &id)?;
-    let _w = state.admin_writes.lock().await;
+    let _w = state.worker.lock_config().await;
     let s = state.store.snapshot();
     let old = s
         .teams

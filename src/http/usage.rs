@@ -22,7 +22,7 @@ use crate::engine::capture::Entered;
 use crate::engine::dedup::{dedup_key, DedupKey, Phase};
 use crate::engine::store::Snapshot;
 use crate::engine::usage::{apply, Charge, UsageEvent};
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 pub fn router(batch_max_body_bytes: usize) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -244,7 +244,7 @@ async fn acknowledge(state: &AppState) -> Result<(), ApiError> {
     if state.config.ack == AckMode::Buffered {
         return Ok(());
     }
-    if state.signal.durable(DURABLE_TIMEOUT).await {
+    if state.worker.durable(DURABLE_TIMEOUT).await {
         Ok(())
     } else {
         Err(ApiError::Unavailable(

@@ -13,7 +13,7 @@ use super::extract::{ApiJson, ApiQuery};
 use crate::db::report::{usage_report, Dimension, ReportQuery};
 use crate::domain::time::{now_micros, parse_rfc3339, rfc3339};
 use crate::domain::Money;
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(get_usage))

@@ -18,7 +18,7 @@ use crate::db::{self, LimitChanges};
 use crate::domain::time::{now_micros, serialize_rfc3339};
 use crate::domain::Micros;
 use crate::engine::User;
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(get_user, update_user, delete_user))
@@ -88,7 +88,7 @@ pub async fn update_user(
     ApiJson(body): ApiJson<LimitsBody>,
 ) -> Result<ApiJson<UserMessage>, ApiError> {
     let user_id = text_field("user_id", &user_id)?;
-    let _w = state.admin_writes.lock().await;
+    let _w = state.worker.lock_config().await;
     let s = state.store.snapshot();
     let old = s.users.get(&user_id);
     let now = now_micros();
@@ -130,7 +130,7 @@ pub async fn delete_user(
     State(state): State<AppState>,
     ApiPath(user_id): ApiPath<String>,
 ) -> Result<ApiJson<Message>, ApiError> {
-    let _w = state.admin_writes.lock().await;
+    let _w = state.worker.lock_config().await;
     let s = state.store.snapshot();
     let old = s
         .users

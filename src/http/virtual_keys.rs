@@ -23,7 +23,7 @@ use crate::db::{self, LimitChanges};
 use crate::domain::time::{now_micros, serialize_rfc3339};
 use crate::domain::{Micros, Patch};
 use crate::engine::{Limits, ProviderConfig, Snapshot, VirtualKey};
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -434,7 +434,7 @@ pub async fn create_virtual_key(
         now,
         &mut changes,
     )?;
-    let _w = state.admin_writes.lock().await;
+    let _w = state.worker.lock_config().await;
     let s = state.store.snapshot();
     let team_id = body
         .team_id
@@ -509,7 +509,7 @@ pub async fn update_virtual_key(
             "a virtual key belongs to a team or to a customer, not both".to_owned(),
         ));
     }
-    let _w = state.admin_writes.lock().await;
+    let _w = state.worker.lock_config().await;
     let s = state.store.snapshot();
     let old = s
         .virtual_keys
@@ -592,7 +592,7 @@ pub async fn delete_virtual_key(
     ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<Message>, ApiError> {
     let key = path_id("virtual key", &id)?;
-    let _w = state.admin_writes.lock().await;
+    let _w = state.worker.lock_config().await;
     let s = state.store.snapshot();
     let old = s
         .virtual_keys

@@ -156,7 +156,7 @@ pub struct TestApp {
     /// Sent with every request when set.
     pub token: Option<String>,
     /// The app's shared state, to drive the worker directly.
-    pub state: heimdall::state::AppState,
+    pub state: heimdall::http::state::AppState,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -254,7 +254,7 @@ impl TestApp {
 
     /// Runs one worker tick now.
     pub async fn flush(&self) -> heimdall::worker::FlushReport {
-        self.state.flusher().flush_once().await.expect("flush")
+        self.state.worker.clone().flush_once().await.expect("flush")
     }
 
     /// The `/metrics` text.

@@ -8,9 +8,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
+use super::error::ApiError;
 use crate::config::AuthConfig;
-use crate::http::error::ApiError;
-use crate::state::AppState;
+use std::sync::Arc;
 
 /// What a route needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,13 +121,13 @@ fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 }
 
 /// The middleware that applies `Auth` to every request.
-pub async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn require_token(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Response {
     let access = Access::of_path(req.uri().path());
     let header = req
         .headers()
         .get(AUTHORIZATION)
         .and_then(|h| h.to_str().ok());
-    match state.auth.authorize(access, header) {
+    match auth.authorize(access, header) {
         Ok(()) => next.run(req).await,
         Err(e) => e.into_response(),
     }

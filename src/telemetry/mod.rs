@@ -1,4 +1,5 @@
-//! Prometheus metrics (`GET /metrics`) and the per-request access log.
+//! Prometheus metrics (`GET /metrics`). They are recorded by the HTTP layer and the worker and
+//! rendered from plain values; nothing here knows the application state.
 //!
 //! The recorder is owned by the application state, not installed as the process-wide
 //! `metrics` recorder: every `App` (and every test) has its own series. Handles of labelled
@@ -7,19 +8,15 @@
 //! decisions are enums, and provider × model pairs are capped at [`MAX_MODEL_SERIES`].
 
 use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{PoisonError, RwLock};
+use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderName, HeaderValue, Method};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::http::Method;
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 use crate::engine::check::Verdict;
 use crate::engine::usage::Charge;
-use crate::state::AppState;
 
 /// Distinct provider × model pairs given their own series; later pairs share `_other`.
 pub const MAX_MODEL_SERIES: usize = 512;
@@ -282,23 +279,20 @@ impl Metrics {
     }
 
     /// Records one flush.
-    pub fn flushed(&self, durable: bool, took: Duration, rows: &crate::worker::FlushReport) {
+    pub fn flushed(&self, durable: bool, took: Duration, rows: FlushRows) {
         let histogram = if durable {
             &self.flush_durable
         } else {
             &self.flush_full
         };
         histogram.record(took.as_secs_f64());
-        self.rows_budgets.increment(rows.budgets_written as u64);
-        self.rows_rate_limits
-            .increment(rows.rate_limits_written as u64);
-        self.rows_rollups.increment(rows.rollups_written as u64);
-        self.rows_dedup_keys
-            .increment(rows.dedup_keys_written as u64);
+        self.rows_budgets.increment(rows.budgets as u64);
+        self.rows_rate_limits.increment(rows.rate_limits as u64);
+        self.rows_rollups.increment(rows.rollups as u64);
+        self.rows_dedup_keys.increment(rows.dedup_keys as u64);
         self.journal_appended
-            .increment(rows.journal_entries_appended as u64);
-        self.journal_folded
-            .increment(rows.journal_entries_folded as u64);
+            .increment(rows.journal_appended as u64);
+        self.journal_folded.increment(rows.journal_folded as u64);
     }
 
     /// Records how a commit whose outcome was unknown was settled.
@@ -311,7 +305,7 @@ impl Metrics {
     }
 
     /// Records one HTTP request.
-    fn request(&self, route: &str, method: &Method, status: u16, took: Duration) {
+    pub fn request(&self, route: &str, method: &Method, status: u16, took: Duration) {
         let record = |series: &HttpSeries| {
             series.requests.increment(1);
             series.duration.record(took.as_secs_f64());
@@ -366,39 +360,44 @@ impl Metrics {
         self.handle.run_upkeep();
     }
 
-    /// The Prometheus text exposition, with the gauges read from `state` now.
-    pub fn render(&self, state: &AppState) -> String {
-        let snapshot = state.store.snapshot();
-        let pending = snapshot
-            .budgets()
-            .filter(|b| b.counter.pending() != 0)
-            .count()
-            + snapshot
-                .rate_limits()
-                .map(|r| {
-                    usize::from(r.tokens.pending() != 0) + usize::from(r.requests.pending() != 0)
-                })
-                .sum::<usize>();
-        self.pending.set(pending as f64);
-        let up = state.db_up.load(std::sync::atomic::Ordering::Acquire);
-        self.database_up.set(if up { 1.0 } else { 0.0 });
-        for (kind, gauge) in &self.entities {
-            let n = match *kind {
-                "customer" => snapshot.customers.len(),
-                "team" => snapshot.teams.len(),
-                "virtual_key" => snapshot.virtual_keys.len(),
-                "provider" => snapshot.providers.len(),
-                "model_config" => snapshot.model_configs.len(),
-                _ => snapshot.users.len(),
-            };
+    /// The Prometheus text exposition, with the gauges set from `now`.
+    pub fn render(&self, now: &Gauges) -> String {
+        self.pending.set(now.pending_deltas as f64);
+        self.database_up
+            .set(if now.database_up { 1.0 } else { 0.0 });
+        for ((_, gauge), n) in self.entities.iter().zip(now.entities) {
             gauge.set(n as f64);
         }
-        self.dedup_keys.set(state.dedup.len() as f64);
-        self.dedup_bytes.set(state.dedup.bytes() as f64);
-        self.dedup_evicted.absolute(state.dedup.evicted());
-        self.dedup_unwritten.absolute(state.dedup.unqueued());
+        self.dedup_keys.set(now.dedup_keys as f64);
+        self.dedup_bytes.set(now.dedup_bytes as f64);
+        self.dedup_evicted.absolute(now.dedup_evicted);
+        self.dedup_unwritten.absolute(now.dedup_unwritten);
         self.handle.render()
     }
+}
+
+/// The values of the gauges (and of the counters kept elsewhere) at a scrape.
+#[derive(Debug, Default, Clone)]
+pub struct Gauges {
+    pub pending_deltas: usize,
+    pub database_up: bool,
+    /// Entities in memory, in the order of [`ENTITY_KINDS`].
+    pub entities: [usize; 6],
+    pub dedup_keys: usize,
+    pub dedup_bytes: usize,
+    pub dedup_evicted: u64,
+    pub dedup_unwritten: u64,
+}
+
+/// What one flush wrote.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FlushRows {
+    pub budgets: usize,
+    pub rate_limits: usize,
+    pub rollups: usize,
+    pub dedup_keys: usize,
+    pub journal_appended: usize,
+    pub journal_folded: usize,
 }
 
 /// Usage charged by a batch, summed per provider and model before it reaches the metrics.
@@ -460,86 +459,6 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// The `x-request-id` header: taken from the caller when it is a sane token, else generated,
-/// and echoed in the response.
-pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// A request's id, in the request's extensions for handlers that want it.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub HeaderValue);
-
-/// A caller's id is kept when it is 1–128 visible ASCII characters.
-fn caller_request_id(value: &HeaderValue) -> bool {
-    let bytes = value.as_bytes();
-    !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic())
-}
-
-fn generate_request_id() -> HeaderValue {
-    let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
-    let mut buf = uuid::Uuid::encode_buffer();
-    HeaderValue::from_str(id.simple().encode_lower(&mut buf))
-        .expect("a UUID is a valid header value")
-}
-
-/// The detail of a 5xx, handed from the error to the access log (never to the client).
-#[derive(Debug, Clone)]
-pub struct FailureDetail(pub String);
-
-/// What the [`observe`] middleware needs.
-#[derive(Debug, Clone)]
-pub struct Observe {
-    pub metrics: Arc<Metrics>,
-    /// Longest a request may take (reading its body included); 408 after.
-    pub request_timeout: Duration,
-}
-
-/// Middleware, outermost: the request id, the request timeout, one access-log line and the
-/// HTTP metrics of every request. (One layer for all four: each layer costs per request.)
-pub async fn observe(State(observe): State<Observe>, mut req: Request, next: Next) -> Response {
-    let Observe {
-        metrics,
-        request_timeout,
-    } = observe;
-    let started = Instant::now();
-    let id = req
-        .headers()
-        .get(&REQUEST_ID)
-        .filter(|v| caller_request_id(v))
-        .cloned()
-        .unwrap_or_else(generate_request_id);
-    req.extensions_mut().insert(RequestId(id.clone()));
-    let method = req.method().clone();
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let mut response = match tokio::time::timeout(request_timeout, next.run(req)).await {
-        Ok(response) => response,
-        Err(_) => crate::http::error::ApiError::RequestTimeout(format!(
-            "the request took longer than {} ms",
-            request_timeout.as_millis()
-        ))
-        .into_response(),
-    };
-    let took = started.elapsed();
-    let status = response.status().as_u16();
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    metrics.request(route, &method, status, took);
-    let duration_ms = took.as_micros() as f64 / 1000.0;
-    let request_id = id.to_str().unwrap_or("");
-    match response.extensions_mut().remove::<FailureDetail>() {
-        Some(FailureDetail(error)) => tracing::error!(
-            target: "heimdall::access",
-            method = %method, route, status, duration_ms, request_id, error,
-            "request failed"
-        ),
-        None => tracing::info!(
-            target: "heimdall::access",
-            method = %method, route, status, duration_ms, request_id,
-            "request"
-        ),
-    }
-    response.headers_mut().insert(REQUEST_ID.clone(), id);
-    response
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -568,17 +487,5 @@ mod tests {
         assert!(
             text.contains("heimdall_usage_tokens_total{provider=\"_other\",model=\"_other\"} 10")
         );
-    }
-
-    #[test]
-    fn caller_request_ids_are_kept_only_when_sane() {
-        assert!(caller_request_id(&HeaderValue::from_static("req-42_abc")));
-        assert!(!caller_request_id(&HeaderValue::from_static("")));
-        assert!(!caller_request_id(&HeaderValue::from_static("has space")));
-        let long = "a".repeat(129);
-        assert!(!caller_request_id(&HeaderValue::from_str(&long).unwrap()));
-        let generated = generate_request_id();
-        assert_eq!(generated.len(), 32);
-        assert!(caller_request_id(&generated));
     }
 }

@@ -1,0 +1,425 @@
+//! One write: what it takes from memory (one side of the capture, `engine::capture`), where it
+//! commits (the tables, or the journal for a durable group commit), and what happens when its
+//! outcome is unknown.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::journal::Dim;
+use super::{FlushReport, Worker};
+use crate::db::flush::{self, BudgetDelta, RateLimitDelta};
+use crate::db::journal;
+use crate::db::marks::{self, Mark};
+use crate::db::{Db, DbError};
+use crate::domain::time::now_micros;
+use crate::domain::Micros;
+use crate::engine::capture::Side;
+use crate::engine::counter::{Counter, FlushItem};
+use crate::engine::dedup::DedupKey;
+use crate::engine::dirty::Dirty;
+use crate::engine::rollup::{RollupKey, RollupSums};
+use crate::engine::{Budget, RateLimit};
+
+/// The largest group commit (counters, rollups and keys) that goes to the journal; a larger
+/// one is written to the tables directly, which is cheaper than writing it twice.
+const JOURNAL_MAX_ROWS: usize = 4096;
+
+/// Where a flush writes, on a backend with the journal (elsewhere: the tables).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Target {
+    Tables,
+    /// The journal, unless the flush is larger than [`JOURNAL_MAX_ROWS`].
+    Journal,
+    /// The journal whatever the size: while this process's fold holds the clock row, a write
+    /// to the tables would wait for it.
+    JournalOnly,
+}
+
+/// Limits visited per slice of a full tick's sweep: small enough that durable writers waiting
+/// meanwhile are served within a few milliseconds.
+const SWEEP_SLICE: usize = 1024;
+
+/// A commit that failed without saying whether it happened (the connection died on the way),
+/// with what it carried.
+pub(super) struct Attempt {
+    pub(super) mark: Mark,
+    pub(super) journaled: bool,
+    pub(super) items: Items,
+}
+
+impl std::fmt::Debug for Attempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attempt")
+            .field("mark", &self.mark)
+            .field("journaled", &self.journaled)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    fn unresolved(&self) -> std::sync::MutexGuard<'_, Option<Attempt>> {
+        self.unresolved
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Writes what changed since the last flush: the counters marked dirty, rollups and
+    /// idempotency keys (to the journal, for a durable group commit); then tells durable
+    /// writers what it covered. Called with `flushing` held.
+    pub(super) async fn write_changed(&self, target: Target) -> Result<FlushReport, DbError> {
+        self.resolve().await?;
+        let now = now_micros();
+        // Everything applied up to here is in the counters read below.
+        let covered = self.signal.seq.load(Ordering::SeqCst);
+        let snapshot = self.store.snapshot();
+        // Updates go to the other side from here on; the side left holds whole updates only,
+        // every one applied before `covered` among them (see `engine::capture`).
+        let side = snapshot.dirty.flip();
+        while !snapshot.dirty.settled(side) {
+            // Updates in progress on it finish within microseconds; they never wait for us.
+            tokio::task::yield_now().await;
+        }
+        let keys = self.dedup.take_unsaved(side);
+        let rollups = self.rollups.drain(side);
+        let mut budgets: Vec<Arc<Budget>> = Vec::new();
+        let mut rates: Vec<Arc<RateLimit>> = Vec::new();
+        for d in snapshot.dirty.drain(side) {
+            match d {
+                Dirty::Budget(b) => {
+                    b.counter.clear_dirty(side);
+                    budgets.push(b);
+                }
+                Dirty::RateLimit(r) => {
+                    r.tokens.clear_dirty(side);
+                    rates.push(r);
+                }
+            }
+        }
+        budgets.sort_by_key(|b| b.id);
+        budgets.dedup_by_key(|b| b.id);
+        rates.sort_by_key(|r| r.id);
+        rates.dedup_by_key(|r| r.id);
+        let mut items = Items::collect(budgets.iter(), rates.iter(), now, side);
+        items.rollups = rollups;
+        items.keys = keys;
+        let report = self.write_items(items, target).await?;
+        self.signal.durable.send_if_modified(|done| {
+            let advanced = covered > *done;
+            *done = (*done).max(covered);
+            advanced
+        });
+        Ok(report)
+    }
+
+    /// What changed, then every counter's window and leftover delta, in slices.
+    pub(super) async fn write_everything(&self) -> Result<FlushReport, DbError> {
+        let mut report = self.write_changed(Target::Tables).await?;
+        let snapshot = self.store.snapshot();
+        let budgets: Vec<&Arc<Budget>> = snapshot.budgets().collect();
+        let rates: Vec<&Arc<RateLimit>> = snapshot.rate_limits().collect();
+        let slices = budgets
+            .chunks(SWEEP_SLICE)
+            .map(|b| (b, &[][..]))
+            .chain(rates.chunks(SWEEP_SLICE).map(|r| (&[][..], r)));
+        // What the sweep found goes out in one write at the end (a month's calendar windows
+        // all end at once), or sooner when durable writers wait: their commits go between
+        // slices, after what the sweep holds so far (a counter's item must be written before
+        // it is taken again).
+        let mut found = Items::default();
+        for (budgets, rates) in slices {
+            if self.signal.waiting() {
+                report.add(
+                    &self
+                        .write_items(std::mem::take(&mut found), Target::Tables)
+                        .await?,
+                );
+                self.serve_durable_writers(Target::Journal).await?;
+            }
+            // The side the last flip left: no update changes it (durable writers' commits
+            // above flip again, after `found` was written).
+            let side = 1 - snapshot.dirty.current();
+            found.append(Items::collect(
+                budgets.iter().copied(),
+                rates.iter().copied(),
+                now_micros(),
+                side,
+            ));
+        }
+        report.add(&self.write_items(found, Target::Tables).await?);
+        Ok(report)
+    }
+
+    /// Settles the commit whose outcome a failure left unknown, before anything else is
+    /// written (the caller holds `flushing`): if it happened, its deltas count as written,
+    /// as after any commit; if not, all it held goes to the current side, to be written with
+    /// the next flush. Until it is settled, nothing is written (no side is left), so a delta
+    /// is never written twice.
+    pub(super) async fn resolve(&self) -> Result<(), DbError> {
+        let Some(attempt) = self.unresolved().take() else {
+            return Ok(());
+        };
+        let resolved = match self.db.acquire().await {
+            Ok(mut conn) => marks::resolve(&mut conn, attempt.mark).await,
+            Err(e) => Err(e),
+        };
+        let committed = match resolved {
+            Ok(committed) => committed,
+            Err(e) => {
+                *self.unresolved() = Some(attempt);
+                return Err(e);
+            }
+        };
+        let Attempt {
+            mark,
+            journaled,
+            items,
+        } = attempt;
+        tracing::info!(
+            commit = mark.seq,
+            committed,
+            "a commit whose outcome was unknown is settled"
+        );
+        self.metrics.commit_resolved(committed);
+        if committed {
+            if journaled {
+                self.journal.appended(mark.seq, items.deltas());
+            }
+            items.flushed();
+        } else {
+            self.requeue(items);
+        }
+        Ok(())
+    }
+
+    /// Gives everything a write that did not happen held to the current side: counter
+    /// deltas (marked dirty there), rollups and keys, together, so that the next flush
+    /// writes them whole and a durable writer waiting for one of them is acknowledged only
+    /// by a commit that holds its update.
+    pub(super) fn requeue(&self, items: Items) {
+        let snapshot = self.store.snapshot();
+        let to = snapshot.dirty.current();
+        let from = items.side;
+        for (b, item) in &items.budgets {
+            b.counter.requeue(*item, from, to);
+            snapshot.dirty.mark_budget(b, to);
+        }
+        for (r, t, q) in &items.rates {
+            r.tokens.requeue(*t, from, to);
+            r.requests.requeue(*q, from, to);
+            snapshot.dirty.mark_rate_limit(r, to);
+        }
+        self.rollups.restore(to, items.rollups);
+        self.dedup.restore_unsaved(to, items.keys);
+    }
+
+    /// A durable group commit in the middle of a full tick, for writers that wait (the
+    /// caller holds `flushing`).
+    pub(super) async fn serve_durable_writers(&self, target: Target) -> Result<(), DbError> {
+        let started = std::time::Instant::now();
+        let changed = self.write_changed(target).await?;
+        self.metrics
+            .flushed(true, started.elapsed(), changed.rows());
+        Ok(())
+    }
+
+    /// Writes `items` in one transaction (as one journal entry, as `target` says) and, once it
+    /// committed, takes their deltas off the counters' pending usage. On failure rollups and
+    /// keys go back to be written next time (counter deltas simply stay pending).
+    pub(super) async fn write_items(
+        &self,
+        items: Items,
+        target: Target,
+    ) -> Result<FlushReport, DbError> {
+        let mut report = FlushReport {
+            budgets_written: items.budgets.len(),
+            rate_limits_written: items.rates.len(),
+            rollups_written: items.rollups.len(),
+            dedup_keys_written: items.keys.len(),
+            ..FlushReport::default()
+        };
+        if items.is_empty() {
+            return Ok(report);
+        }
+        let budgets: Vec<BudgetDelta> = items
+            .budgets
+            .iter()
+            .map(|(b, item)| BudgetDelta {
+                id: b.id,
+                item: *item,
+            })
+            .collect();
+        let rates: Vec<RateLimitDelta> = items
+            .rates
+            .iter()
+            .map(|(r, t, q)| RateLimitDelta {
+                id: r.id,
+                tokens: *t,
+                requests: *q,
+            })
+            .collect();
+        let writes = flush::FlushWrites {
+            budgets: &budgets,
+            rates: &rates,
+            rollups: &items.rollups,
+            keys: &items.keys,
+        };
+        let journaled = journal::used(self.db.backend())
+            && match target {
+                Target::Tables => false,
+                Target::Journal => writes.rows() <= JOURNAL_MAX_ROWS,
+                Target::JournalOnly => true,
+            };
+        report.journal_entries_appended = usize::from(journaled);
+        let mark = marks::used(self.db.backend()).then(|| self.journal.next_mark(now_micros()));
+        let written = match mark {
+            Some(mark) if journaled => append(&self.db, mark, writes).await.map(|()| {
+                self.journal.appended(mark.seq, items.deltas());
+                0
+            }),
+            _ => write(&self.db, writes, mark).await,
+        };
+        let version = match written {
+            Ok(version) => version,
+            Err(e) => {
+                match mark {
+                    // Whether it committed is settled before the next write.
+                    Some(mark) => {
+                        *self.unresolved() = Some(Attempt {
+                            mark,
+                            journaled,
+                            items,
+                        });
+                    }
+                    // SQLite reports every commit's outcome: this one did not happen.
+                    None => self.requeue(items),
+                }
+                return Err(e);
+            }
+        };
+        if version > 0 {
+            self.versions.took(version);
+        }
+        items.flushed();
+        Ok(report)
+    }
+}
+
+/// What one write holds: counters with their items, rollups and idempotency keys, all taken
+/// from one side.
+#[derive(Default)]
+pub(super) struct Items {
+    pub(super) side: Side,
+    pub(super) budgets: Vec<(Arc<Budget>, FlushItem)>,
+    /// Each rate limit with the items of its token and request counters.
+    pub(super) rates: Vec<(Arc<RateLimit>, FlushItem, FlushItem)>,
+    pub(super) rollups: Vec<(RollupKey, RollupSums)>,
+    pub(super) keys: Vec<(DedupKey, Micros)>,
+}
+
+impl Items {
+    /// Rolls the windows of the given limits that ended by `now` and takes the items of those
+    /// with something to write.
+    fn collect<'a>(
+        budgets: impl Iterator<Item = &'a Arc<Budget>>,
+        rates: impl Iterator<Item = &'a Arc<RateLimit>>,
+        now: Micros,
+        side: Side,
+    ) -> Items {
+        let mut items = Items {
+            side,
+            ..Items::default()
+        };
+        for b in budgets {
+            b.counter.roll(&b.rule, now);
+            if let Some(item) = b.counter.flush_item(side) {
+                items.budgets.push((Arc::clone(b), item));
+            }
+        }
+        for r in rates {
+            r.tokens.roll(r.token_rule(), now);
+            r.requests.roll(r.request_rule(), now);
+            let (t, q) = (r.tokens.flush_item(side), r.requests.flush_item(side));
+            if t.is_some() || q.is_some() {
+                let idle = |c: &Counter| FlushItem {
+                    start: c.raw().1,
+                    delta: 0,
+                    reset: false,
+                };
+                items.rates.push((
+                    Arc::clone(r),
+                    t.unwrap_or_else(|| idle(&r.tokens)),
+                    q.unwrap_or_else(|| idle(&r.requests)),
+                ));
+            }
+        }
+        items
+    }
+
+    /// The counter deltas, as the journal keeps them.
+    fn deltas(&self) -> Vec<(Dim, uuid::Uuid, crate::engine::delta::Delta)> {
+        let mut deltas = Vec::with_capacity(self.budgets.len() + 2 * self.rates.len());
+        for (b, item) in &self.budgets {
+            deltas.push((Dim::Budget, b.id, (item.start, item.delta)));
+        }
+        for (r, t, q) in &self.rates {
+            deltas.push((Dim::Tokens, r.id, (t.start, t.delta)));
+            deltas.push((Dim::Requests, r.id, (q.start, q.delta)));
+        }
+        deltas
+    }
+
+    /// Takes the committed deltas off the counters' pending usage.
+    pub(super) fn flushed(&self) {
+        for (b, item) in &self.budgets {
+            b.counter.flushed(*item, self.side);
+        }
+        for (r, t, q) in &self.rates {
+            r.tokens.flushed(*t, self.side);
+            r.requests.flushed(*q, self.side);
+        }
+    }
+
+    fn append(&mut self, mut other: Items) {
+        if self.is_empty() {
+            self.side = other.side;
+        }
+        debug_assert_eq!(self.side, other.side, "one write takes one side");
+        self.budgets.append(&mut other.budgets);
+        self.rates.append(&mut other.rates);
+        self.rollups.append(&mut other.rollups);
+        self.keys.append(&mut other.keys);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.budgets.is_empty()
+            && self.rates.is_empty()
+            && self.rollups.is_empty()
+            && self.keys.is_empty()
+    }
+}
+
+/// Writes one flush in one transaction; the usage version it took (0: none).
+async fn write(
+    db: &Db,
+    writes: flush::FlushWrites<'_>,
+    mark: Option<Mark>,
+) -> Result<i64, DbError> {
+    let mut conn = db.flush_connection().await?;
+    let written = flush::commit_flush(conn.conn(), db.backend(), writes, mark).await;
+    if written.is_err() {
+        // Rolled back already, unless the connection broke or the rollback failed: either
+        // way it is not used again, in case a transaction is still open on it.
+        conn.discard();
+    }
+    written
+}
+
+/// Appends one group commit to the journal.
+async fn append(db: &Db, mark: Mark, writes: flush::FlushWrites<'_>) -> Result<(), DbError> {
+    let mut conn = db.flush_connection().await?;
+    let appended = journal::append(conn.conn(), mark, &writes).await;
+    if appended.is_err() {
+        conn.discard();
+    }
+    appended
+}
