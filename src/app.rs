@@ -44,7 +44,7 @@ pub struct App {
 }
 
 /// How long a start waits for the transactions of other Heimdall sessions that were running
-/// when it began (see [`crate::db::marks::await_transactions_in_flight`]).
+/// when it began (see [`crate::db::postgres::marks::await_transactions_in_flight`]).
 const IN_FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl App {
@@ -66,10 +66,11 @@ impl App {
         )
         .await?;
         db.migrate().await?;
-        if crate::db::marks::used(db.backend()) {
+        if db.journals() {
             let mut conn = db.acquire().await?;
             let ended =
-                crate::db::marks::await_transactions_in_flight(&mut conn, IN_FLIGHT_WAIT).await?;
+                crate::db::postgres::marks::await_transactions_in_flight(&mut conn, IN_FLIGHT_WAIT)
+                    .await?;
             if !ended {
                 tracing::warn!(
                     waited_s = IN_FLIGHT_WAIT.as_secs(),
@@ -81,7 +82,7 @@ impl App {
         }
         // What durable commits journaled before a crash (this process's last run or any
         // replica's) is in the tables before they are loaded.
-        let folded = crate::db::journal::fold_all(&db).await?;
+        let folded = crate::db::postgres::journal::fold_all(&db).await?;
         if folded.entries > 0 {
             tracing::info!(entries = folded.entries, "usage journal folded");
         }
@@ -92,7 +93,7 @@ impl App {
             config.dedup_max_keys,
         );
         let started = std::time::Instant::now();
-        flush::load_dedup_keys(&mut conn, now_micros(), &dedup).await?;
+        crate::db::dedup::load_dedup_keys(&mut conn, now_micros(), &dedup).await?;
         tracing::info!(
             keys = dedup.len(),
             ms = started.elapsed().as_millis() as u64,

@@ -616,7 +616,7 @@ async fn a_start_waits_for_commits_still_running_for_a_crashed_process() {
 async fn a_failed_one_round_trip_commit_changes_nothing_and_leaves_the_connection_clean(
     db: &TestDb,
 ) {
-    use heimdall::db::flush::{self, FlushWrites};
+    use heimdall::db::flush::FlushWrites;
     use heimdall::db::Backend;
     use heimdall::engine::rollup::{RollupKey, RollupSums};
     let (heimdall_db, id) = migrated_with_a_budget(db).await;
@@ -657,8 +657,9 @@ async fn a_failed_one_round_trip_commit_changes_nothing_and_leaves_the_connectio
         keys: &[],
     };
     let mut conn = heimdall_db.acquire_writer().await.unwrap();
-    let failed =
-        flush::commit_flush(&mut conn, heimdall_db.backend(), writes(&rollups), None).await;
+    let failed = heimdall_db
+        .commit_flush(&mut conn, writes(&rollups), None)
+        .await;
     assert!(failed.is_err(), "the trigger fails the commit");
     drop(conn);
     let current = format!("select current_usage from budgets where id = '{id}'");
@@ -673,7 +674,8 @@ async fn a_failed_one_round_trip_commit_changes_nothing_and_leaves_the_connectio
     );
 
     let mut conn = heimdall_db.acquire_writer().await.unwrap();
-    let version = flush::commit_flush(&mut conn, heimdall_db.backend(), writes(&[]), None)
+    let version = heimdall_db
+        .commit_flush(&mut conn, writes(&[]), None)
         .await
         .expect("the same connection begins a new transaction");
     drop(conn);
@@ -693,7 +695,7 @@ async fn a_failed_one_round_trip_commit_changes_nothing_and_leaves_the_connectio
 /// serialises their transactions) to the same rows, each having collected them in its own
 /// order: both commit, and every row adds both.
 async fn replicas_adding_to_the_same_rollups_in_opposite_orders_both_commit(db: &TestDb) {
-    use heimdall::db::flush::{self, FlushWrites};
+    use heimdall::db::flush::FlushWrites;
     use heimdall::db::Db;
     use heimdall::engine::rollup::{RollupKey, RollupSums};
     const ROWS: usize = 2_000;
@@ -732,7 +734,7 @@ async fn replicas_adding_to_the_same_rollups_in_opposite_orders_both_commit(db: 
                 rollups: &rollups,
                 keys: &[],
             };
-            flush::commit_flush(&mut conn, db.backend(), writes, None).await
+            db.commit_flush(&mut conn, writes, None).await
         }
     };
     for _ in 0..ROUNDS {
@@ -757,7 +759,7 @@ async fn replicas_adding_to_the_same_rollups_in_opposite_orders_both_commit(db: 
 /// PostgreSQL one prepared statement with the rows as array parameters) or large (SQL text
 /// with the rows inline).
 async fn flushed_values_arrive_exactly_on_both_statement_paths(db: &TestDb) {
-    use heimdall::db::flush::{self, BudgetDelta, FlushWrites};
+    use heimdall::db::flush::{BudgetDelta, FlushWrites};
     use heimdall::engine::counter::FlushItem;
     use heimdall::engine::rollup::{RollupKey, RollupSums};
     const NAMES: [&str; 9] = [
@@ -821,7 +823,8 @@ async fn flushed_values_arrive_exactly_on_both_statement_paths(db: &TestDb) {
             rollups: &rollups,
             keys: &keys,
         };
-        let version = flush::commit_flush(&mut conn, heimdall_db.backend(), writes, None)
+        let version = heimdall_db
+            .commit_flush(&mut conn, writes, None)
             .await
             .unwrap();
         drop(conn);
@@ -874,7 +877,9 @@ async fn flushed_values_arrive_exactly_on_both_statement_paths(db: &TestDb) {
     );
     let mut conn = heimdall_db.acquire_writer().await.unwrap();
     let dedup = heimdall::engine::dedup::Dedup::new(1_000_000, 1_000_000);
-    flush::load_dedup_keys(&mut conn, 0, &dedup).await.unwrap();
+    heimdall::db::dedup::load_dedup_keys(&mut conn, 0, &dedup)
+        .await
+        .unwrap();
     drop(conn);
     assert_eq!(dedup.len(), 6);
     for round in 1..=2u128 {
@@ -893,7 +898,7 @@ async fn flushed_values_arrive_exactly_on_both_statement_paths(db: &TestDb) {
 /// pool), and one the server dropped while it sat idle is replaced before a flush uses it.
 #[tokio::test]
 async fn the_postgres_flush_connection_is_kept_and_replaced_when_the_server_drops_it() {
-    use heimdall::db::flush::{self, FlushWrites};
+    use heimdall::db::flush::FlushWrites;
     let Some((db, heimdall_db)) = migrated_postgres().await else {
         return;
     };
@@ -918,7 +923,8 @@ async fn the_postgres_flush_connection_is_kept_and_replaced_when_the_server_drop
         rollups: &[],
         keys: &[(7, 9_000)],
     };
-    flush::commit_flush(kept.conn(), heimdall_db.backend(), writes, None)
+    heimdall_db
+        .commit_flush(kept.conn(), writes, None)
         .await
         .expect("the dropped connection was replaced before the flush");
     drop(kept);
@@ -933,8 +939,8 @@ async fn the_postgres_flush_connection_is_kept_and_replaced_when_the_server_drop
 /// and changes nothing. Asking twice gives the same answer.
 #[tokio::test]
 async fn commit_marks_tell_a_commit_that_happened_from_one_fenced_off() {
-    use heimdall::db::flush::{self, FlushWrites};
-    use heimdall::db::marks::{self, Mark};
+    use heimdall::db::flush::FlushWrites;
+    use heimdall::db::postgres::marks::{self, Mark};
     let Some(db) = TestDb::new(common::Backend::Postgres).await else {
         return;
     };
@@ -955,13 +961,16 @@ async fn commit_marks_tell_a_commit_that_happened_from_one_fenced_off() {
     let mut conn = heimdall_db.acquire_writer().await.unwrap();
 
     // Commit 1 happened: the mark says so, however often it is asked.
-    flush::commit_flush(&mut conn, heimdall_db.backend(), writes, Some(mark(1)))
+    heimdall_db
+        .commit_flush(&mut conn, writes, Some(mark(1)))
         .await
         .unwrap();
     assert!(marks::resolve(&mut conn, mark(1)).await.unwrap());
     assert!(marks::resolve(&mut conn, mark(1)).await.unwrap());
     // Sent again, it fails: a commit runs once.
-    let again = flush::commit_flush(&mut conn, heimdall_db.backend(), writes, Some(mark(1))).await;
+    let again = heimdall_db
+        .commit_flush(&mut conn, writes, Some(mark(1)))
+        .await;
     assert!(
         format!("{:?}", again.unwrap_err()).contains("commit_marks_once"),
         "refused by the mark"
@@ -971,21 +980,26 @@ async fn commit_marks_tell_a_commit_that_happened_from_one_fenced_off() {
     // Commit 2 never reached the server: it is fenced off, and stays so.
     assert!(!marks::resolve(&mut conn, mark(2)).await.unwrap());
     assert!(!marks::resolve(&mut conn, mark(2)).await.unwrap());
-    let late = flush::commit_flush(&mut conn, heimdall_db.backend(), writes, Some(mark(2))).await;
+    let late = heimdall_db
+        .commit_flush(&mut conn, writes, Some(mark(2)))
+        .await;
     assert!(late.is_err(), "a fenced-off commit cannot happen any more");
     assert_eq!(db.scalar(&usage).await, 5);
 
     // Its deltas go out again with commit 3, once; the journal's appends carry marks too.
-    flush::commit_flush(&mut conn, heimdall_db.backend(), writes, Some(mark(3)))
+    heimdall_db
+        .commit_flush(&mut conn, writes, Some(mark(3)))
         .await
         .unwrap();
     assert_eq!(db.scalar(&usage).await, 10);
-    heimdall::db::journal::append(&mut conn, mark(4), &writes)
+    heimdall::db::postgres::journal::append(&mut conn, mark(4), &writes)
         .await
         .unwrap();
-    assert!(heimdall::db::journal::append(&mut conn, mark(4), &writes)
-        .await
-        .is_err());
+    assert!(
+        heimdall::db::postgres::journal::append(&mut conn, mark(4), &writes)
+            .await
+            .is_err()
+    );
     assert!(marks::resolve(&mut conn, mark(4)).await.unwrap());
     assert_eq!(db.journal_entries().await, 1);
     // A large flush (statement by statement) is marked the same way.
@@ -1019,14 +1033,14 @@ async fn commit_marks_tell_a_commit_that_happened_from_one_fenced_off() {
         rollups: &rollups,
         ..writes
     };
-    flush::commit_flush(&mut conn, heimdall_db.backend(), large, Some(mark(5)))
+    heimdall_db
+        .commit_flush(&mut conn, large, Some(mark(5)))
         .await
         .unwrap();
-    assert!(
-        flush::commit_flush(&mut conn, heimdall_db.backend(), large, Some(mark(5)))
-            .await
-            .is_err()
-    );
+    assert!(heimdall_db
+        .commit_flush(&mut conn, large, Some(mark(5)))
+        .await
+        .is_err());
     assert_eq!(db.scalar(&usage).await, 15);
     assert_eq!(db.stored_keys().await, 5000);
     assert_eq!(

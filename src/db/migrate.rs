@@ -105,7 +105,7 @@ pub async fn run(conn: &mut Conn, backend: Backend) -> Result<(), DbError> {
         tracing::info!(version, description, "applied migration");
     }
     tx.commit().await?;
-    let moved = super::flush::convert_dedup_keys(conn, crate::domain::time::now_micros()).await?;
+    let moved = super::dedup::convert_dedup_keys(conn, crate::domain::time::now_micros()).await?;
     if moved > 0 {
         tracing::info!(keys = moved, "idempotency keys moved into blocks");
     }

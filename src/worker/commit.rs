@@ -8,8 +8,8 @@ use std::sync::Arc;
 use super::journal::Dim;
 use super::{FlushReport, Worker};
 use crate::db::flush::{self, BudgetDelta, RateLimitDelta};
-use crate::db::journal;
-use crate::db::marks::{self, Mark};
+use crate::db::postgres::journal;
+use crate::db::postgres::marks::{self, Mark};
 use crate::db::{Db, DbError};
 use crate::domain::time::now_micros;
 use crate::domain::Micros;
@@ -263,14 +263,17 @@ impl Worker {
             rollups: &items.rollups,
             keys: &items.keys,
         };
-        let journaled = journal::used(self.db.backend())
+        let journaled = self.db.journals()
             && match target {
                 Target::Tables => false,
                 Target::Journal => writes.rows() <= JOURNAL_MAX_ROWS,
                 Target::JournalOnly => true,
             };
         report.journal_entries_appended = usize::from(journaled);
-        let mark = marks::used(self.db.backend()).then(|| self.journal.next_mark(now_micros()));
+        let mark = self
+            .db
+            .journals()
+            .then(|| self.journal.next_mark(now_micros()));
         let written = match mark {
             Some(mark) if journaled => append(&self.db, mark, writes).await.map(|()| {
                 self.journal.appended(mark.seq, items.deltas());
@@ -405,7 +408,7 @@ async fn write(
     mark: Option<Mark>,
 ) -> Result<i64, DbError> {
     let mut conn = db.flush_connection().await?;
-    let written = flush::commit_flush(conn.conn(), db.backend(), writes, mark).await;
+    let written = db.commit_flush(conn.conn(), writes, mark).await;
     if written.is_err() {
         // Rolled back already, unless the connection broke or the rollback failed: either
         // way it is not used again, in case a transaction is still open on it.

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use uuid::Uuid;
 
-use crate::db::marks::Mark;
+use crate::db::postgres::marks::Mark;
 use crate::domain::Micros;
 use crate::engine::delta::{self, Delta};
 

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::db::journal as db_journal;
+use crate::db::postgres::journal as db_journal;
 use crate::db::{Db, DbError};
 use crate::engine::dedup::Dedup;
 use crate::engine::rollup::Rollups;

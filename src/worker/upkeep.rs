@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use super::Worker;
-use crate::db::flush;
-use crate::db::marks;
+use crate::db::dedup;
+use crate::db::postgres::marks;
 use crate::db::DbError;
 use crate::domain::time::now_micros;
 use crate::domain::Micros;
@@ -32,13 +32,13 @@ impl Worker {
         let mut purged = 0;
         let mut conn = self.db.acquire().await?;
         for _ in 0..PURGE_BATCHES {
-            let n = flush::purge_dedup_keys(&mut conn, before).await?;
+            let n = dedup::purge_dedup_keys(&mut conn, before).await?;
             purged += n;
-            if n < flush::PURGE_BATCH as u64 {
+            if n < dedup::PURGE_BATCH as u64 {
                 break;
             }
         }
-        if ticks % PURGE_EVERY == 0 && marks::used(self.db.backend()) {
+        if ticks % PURGE_EVERY == 0 && self.db.journals() {
             marks::purge(&mut conn, now_micros() - MARKS_KEPT).await?;
         }
         Ok(purged)

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::journal::Dim;
 use super::{FlushReport, Worker};
 use crate::db::flush;
-use crate::db::{Backend, DbError};
+use crate::db::DbError;
 use crate::domain::Micros;
 use crate::engine::delta;
 use crate::engine::{Budget, RateLimit};
@@ -69,12 +69,7 @@ impl Worker {
     pub(super) async fn read_back(&self, report: &mut FlushReport) -> Result<(), DbError> {
         let snapshot = self.store.snapshot();
         let mut conn = self.db.acquire().await?;
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        if self.db.backend() == Backend::Postgres {
-            sqlx::query("set transaction isolation level repeatable read")
-                .execute(&mut *tx)
-                .await?;
-        }
+        let mut tx = self.db.read_snapshot(&mut conn).await?;
         let (config_version, usage_version) = flush::clock(&mut tx).await?;
         let seen_usage = self.versions.usage.load(Ordering::Acquire);
         // When every usage version since the last read-back was taken by this process's own
@@ -88,7 +83,8 @@ impl Worker {
             let unfolded = if self.journal.is_empty() {
                 HashMap::new()
             } else {
-                let mut ids = crate::db::journal::unfolded(&mut tx, self.journal.writer).await?;
+                let mut ids =
+                    crate::db::postgres::journal::unfolded(&mut tx, self.journal.writer).await?;
                 ids.sort_unstable();
                 self.journal.still_unfolded(&ids)
             };

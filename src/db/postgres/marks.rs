@@ -7,7 +7,7 @@
 
 use sqlx::Row;
 
-use super::{Conn, DbError};
+use crate::db::{Conn, DbError};
 use crate::domain::Micros;
 
 /// One group commit's identity: the process (its journal writer id) and the commit's number,
@@ -90,11 +90,6 @@ pub async fn purge(c: &mut Conn, before: Micros) -> Result<u64, DbError> {
         .execute(c)
         .await?;
     Ok(done.rows_affected())
-}
-
-/// Whether commits carry marks on this backend.
-pub fn used(backend: super::Backend) -> bool {
-    backend == super::Backend::Postgres
 }
 
 /// The `application_name` Heimdall's PostgreSQL sessions carry unless the database URL names

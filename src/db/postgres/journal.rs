@@ -15,114 +15,13 @@
 //! SQLite does without: its one writer would be the fold's while it runs, so durable commits
 //! would wait for folds, and folding does the same row writes later.
 
-use std::collections::{BTreeMap, HashMap};
-
-use serde::{Deserialize, Serialize};
 use sqlx::Row;
-use uuid::Uuid;
 
-use super::flush::{self, BudgetDelta, FlushWrites, RateLimitDelta};
+use super::entry::{corrupt, Entry, Merged, FORMAT};
+use super::flush::Prepared;
 use super::marks::{Mark, UPSERT_TAIL};
-use super::{Backend, Conn, Db, DbError};
-use crate::domain::Micros;
-use crate::engine::counter::FlushItem;
-use crate::engine::dedup::DedupKey;
-use crate::engine::delta::{self, Delta};
-use crate::engine::rollup::{RollupKey, RollupSums};
-
-/// The format of entries this build writes; entries of another format are refused by folds.
-const FORMAT: u32 = 1;
-
-/// One rollup row of an entry: bucket, key, team, customer, user, provider, model,
-/// requests, tokens, cost.
-type RollupRow = (
-    Micros,
-    Option<Uuid>,
-    Option<Uuid>,
-    Option<Uuid>,
-    String,
-    String,
-    String,
-    i64,
-    i64,
-    i64,
-);
-
-/// One group commit, as stored (JSON).
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Entry {
-    v: u32,
-    /// Budgets: id, window start, delta.
-    #[serde(default)]
-    b: Vec<(Uuid, Micros, i64)>,
-    /// Rate limits: id, tokens' window start and delta, requests' window start and delta.
-    #[serde(default)]
-    r: Vec<(Uuid, Micros, i64, Micros, i64)>,
-    #[serde(default)]
-    u: Vec<RollupRow>,
-    /// Idempotency keys: the two halves of the key, expiry.
-    #[serde(default)]
-    k: Vec<(i64, i64, Micros)>,
-}
-
-impl Entry {
-    fn of(writes: &FlushWrites<'_>) -> Entry {
-        Entry {
-            v: FORMAT,
-            b: writes
-                .budgets
-                .iter()
-                .map(|d| (d.id, d.item.start, d.item.delta))
-                .collect(),
-            r: writes
-                .rates
-                .iter()
-                .map(|d| {
-                    (
-                        d.id,
-                        d.tokens.start,
-                        d.tokens.delta,
-                        d.requests.start,
-                        d.requests.delta,
-                    )
-                })
-                .collect(),
-            u: writes
-                .rollups
-                .iter()
-                .map(|(k, s)| {
-                    (
-                        k.bucket_start,
-                        k.virtual_key_id,
-                        k.team_id,
-                        k.customer_id,
-                        k.user_id.clone(),
-                        k.provider.clone(),
-                        k.model.clone(),
-                        s.requests,
-                        s.tokens,
-                        s.cost,
-                    )
-                })
-                .collect(),
-            k: writes
-                .keys
-                .iter()
-                .map(|(key, expires)| {
-                    let (hi, lo) = flush::split_key(*key);
-                    (hi, lo, *expires)
-                })
-                .collect(),
-        }
-    }
-}
-
-fn corrupt(message: String) -> DbError {
-    DbError::Corrupt {
-        table: "usage_journal",
-        message,
-    }
-}
+use crate::db::flush::FlushWrites;
+use crate::db::{Conn, Db, DbError};
 
 /// The entry and the mark in one statement, which is its own transaction.
 static APPEND: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
@@ -176,11 +75,6 @@ pub struct Folded {
 /// that a worker serving durable writers between batches is not held up long.
 const BATCH: i64 = 256;
 
-/// Whether durable group commits go to the journal on this backend.
-pub fn used(backend: Backend) -> bool {
-    backend == Backend::Postgres
-}
-
 /// Folds every entry committed before the call into the counters, rollups and keys, waiting
 /// for the folds of other processes that hold some of them: when it returns, every such entry
 /// is in the tables (a starting process then loads them, keys included: a key that only an
@@ -196,7 +90,7 @@ pub async fn fold_all(db: &Db) -> Result<Folded, DbError> {
 /// deletes what it writes, so that the caller can serve others between steps. Entries
 /// committed after [`Fold::start`] wait for the next fold; entries another process is folding
 /// at the same moment are skipped (`skip locked`), since it folds them. Reads only, when the
-/// journal is empty; nothing at all where the journal is not [`used`].
+/// journal is empty; nothing at all where there is no journal (SQLite).
 #[derive(Debug)]
 pub struct Fold {
     writer: i64,
@@ -210,7 +104,7 @@ pub struct Fold {
 impl Fold {
     pub async fn start(db: &Db, writer: i64) -> Result<Fold, DbError> {
         let mut last = None;
-        if used(db.backend()) {
+        if db.journals() {
             let mut c = db.acquire().await?;
             last = sqlx::query("select max(id) from usage_journal")
                 .fetch_one(&mut *c)
@@ -274,11 +168,10 @@ impl Fold {
         }
         // Decoding and merging megabytes of entries is CPU work of tens of milliseconds: off
         // the async runtime, whose threads answer requests meanwhile.
-        let backend = db.backend();
-        let prepared = tokio::task::spawn_blocking(move || prepare(backend, taken))
+        let prepared = tokio::task::spawn_blocking(move || prepare(taken))
             .await
             .map_err(|e| corrupt(format!("decoding entries failed: {e}")))??;
-        let version = prepared.run(&mut tx, backend).await?;
+        let version = prepared.run(&mut tx).await?;
         tx.commit().await?;
         self.folded.entries += count;
         self.folded.own.append(&mut own);
@@ -305,7 +198,7 @@ async fn remaining(db: &Db, last: i64) -> Result<bool, DbError> {
 }
 
 /// The statements that fold `entries` (id, text).
-fn prepare(backend: Backend, entries: Vec<(i64, String)>) -> Result<flush::Prepared, DbError> {
+fn prepare(entries: Vec<(i64, String)>) -> Result<Prepared, DbError> {
     let mut merged = Merged::default();
     for (id, text) in entries {
         let entry: Entry = serde_json::from_str(&text)
@@ -319,150 +212,5 @@ fn prepare(backend: Backend, entries: Vec<(i64, String)>) -> Result<flush::Prepa
         merged.add(entry);
     }
     let writes = merged.writes();
-    Ok(flush::Prepared::new(backend, writes.as_flush()))
-}
-
-/// Entries merged: one delta per counter, one sum per rollup row, each key once.
-#[derive(Debug, Default)]
-struct Merged {
-    budgets: HashMap<Uuid, Delta>,
-    rates: HashMap<Uuid, (Delta, Delta)>,
-    rollups: BTreeMap<RollupKey, RollupSums>,
-    keys: HashMap<DedupKey, Micros>,
-}
-
-impl Merged {
-    fn add(&mut self, entry: Entry) {
-        for (id, start, delta) in entry.b {
-            self.budgets
-                .entry(id)
-                .and_modify(|d| *d = delta::merge(*d, (start, delta)))
-                .or_insert((start, delta));
-        }
-        for (id, ts, td, rs, rd) in entry.r {
-            self.rates
-                .entry(id)
-                .and_modify(|(t, q)| {
-                    *t = delta::merge(*t, (ts, td));
-                    *q = delta::merge(*q, (rs, rd));
-                })
-                .or_insert(((ts, td), (rs, rd)));
-        }
-        for (bucket, vk, team, customer, user, provider, model, requests, tokens, cost) in entry.u {
-            let key = RollupKey {
-                bucket_start: bucket,
-                virtual_key_id: vk,
-                team_id: team,
-                customer_id: customer,
-                user_id: user,
-                provider,
-                model,
-            };
-            let sums = self.rollups.entry(key).or_default();
-            sums.requests = sums.requests.saturating_add(requests);
-            sums.tokens = sums.tokens.saturating_add(tokens);
-            sums.cost = sums.cost.saturating_add(cost);
-        }
-        for (hi, lo, expires) in entry.k {
-            let expiry = self.keys.entry(flush::join_key(hi, lo)).or_insert(expires);
-            *expiry = (*expiry).max(expires);
-        }
-    }
-
-    fn writes(self) -> OwnedWrites {
-        let item = |(start, delta): Delta| FlushItem {
-            start,
-            delta,
-            reset: false,
-        };
-        OwnedWrites {
-            budgets: self
-                .budgets
-                .into_iter()
-                .map(|(id, d)| BudgetDelta { id, item: item(d) })
-                .collect(),
-            rates: self
-                .rates
-                .into_iter()
-                .map(|(id, (t, q))| RateLimitDelta {
-                    id,
-                    tokens: item(t),
-                    requests: item(q),
-                })
-                .collect(),
-            rollups: self.rollups.into_iter().collect(),
-            keys: self.keys.into_iter().collect(),
-        }
-    }
-}
-
-struct OwnedWrites {
-    budgets: Vec<BudgetDelta>,
-    rates: Vec<RateLimitDelta>,
-    rollups: Vec<(RollupKey, RollupSums)>,
-    keys: Vec<(DedupKey, Micros)>,
-}
-
-impl OwnedWrites {
-    fn as_flush(&self) -> FlushWrites<'_> {
-        FlushWrites {
-            budgets: &self.budgets,
-            rates: &self.rates,
-            rollups: &self.rollups,
-            keys: &self.keys,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn entries_round_trip_through_json() {
-        let id = Uuid::new_v4();
-        let rollup = RollupKey {
-            bucket_start: 3_600_000_000,
-            virtual_key_id: Some(id),
-            team_id: None,
-            customer_id: None,
-            user_id: "o'brien \"x\" \\ \n ü".into(),
-            provider: String::new(),
-            model: "gpt,4".into(),
-        };
-        let budgets = [BudgetDelta {
-            id,
-            item: FlushItem {
-                start: 5,
-                delta: -2,
-                reset: true,
-            },
-        }];
-        let rollups = [(
-            rollup.clone(),
-            RollupSums {
-                requests: 1,
-                tokens: 2,
-                cost: 3,
-            },
-        )];
-        let keys = [(u128::MAX - 7, 99)];
-        let writes = FlushWrites {
-            budgets: &budgets,
-            rates: &[],
-            rollups: &rollups,
-            keys: &keys,
-        };
-        let text = serde_json::to_string(&Entry::of(&writes)).unwrap();
-        let mut merged = Merged::default();
-        merged.add(serde_json::from_str(&text).unwrap());
-        let back = merged.writes();
-        assert_eq!(back.budgets.len(), 1);
-        assert_eq!(
-            (back.budgets[0].item.start, back.budgets[0].item.delta),
-            (5, -2)
-        );
-        assert_eq!(back.rollups, rollups.to_vec());
-        assert_eq!(back.keys, keys.to_vec());
-    }
+    Ok(Prepared::new(writes.as_flush()))
 }
