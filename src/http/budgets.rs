@@ -7,11 +7,11 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::admin::AdminWrite;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath};
 use super::limits::{BudgetView, RateLimitView};
 use super::path_id;
-use super::AdminTx;
 use crate::db;
 use crate::domain::time::now_micros;
 use crate::http::state::AppState;
@@ -93,13 +93,13 @@ pub async fn reset_budget(
     ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<BudgetMessage>, ApiError> {
     let key = path_id("budget", &id)?;
-    let _w = state.worker.lock_config().await;
-    let s = state.store.snapshot();
-    let budget = s
+    let w = AdminWrite::begin(&state).await;
+    let budget = w
+        .snapshot
         .find_budget(key)
         .ok_or_else(|| ApiError::not_found("budget", &id))?;
-    let now = now_micros();
-    let mut tx = AdminTx::begin(&state).await?;
+    let now = w.now;
+    let mut tx = w.transaction().await?;
     db::reset_budget(&mut tx, key, now).await?;
     tx.commit(&state).await?;
     budget.reset(now);
@@ -118,13 +118,13 @@ pub async fn reset_rate_limit(
     ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<RateLimitMessage>, ApiError> {
     let key = path_id("rate limit", &id)?;
-    let _w = state.worker.lock_config().await;
-    let s = state.store.snapshot();
-    let limit = s
+    let w = AdminWrite::begin(&state).await;
+    let limit = w
+        .snapshot
         .find_rate_limit(key)
         .ok_or_else(|| ApiError::not_found("rate limit", &id))?;
-    let now = now_micros();
-    let mut tx = AdminTx::begin(&state).await?;
+    let now = w.now;
+    let mut tx = w.transaction().await?;
     db::reset_rate_limit(&mut tx, key, now).await?;
     tx.commit(&state).await?;
     limit.reset(now);

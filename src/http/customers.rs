@@ -9,15 +9,15 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::admin::{self, entity, lookup, AdminWrite};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::limits::{patch_limits, BudgetBody, LimitsView, RateLimitBody};
-use super::page::PageQuery;
+use super::page::{page_response, PageQuery};
 use super::teams::TeamView;
 use super::virtual_keys::VirtualKeyView;
-use super::AdminTx;
-use super::{path_id, text_field, Message};
-use crate::db::{self, LimitChanges};
+use super::{text_field, Message};
+use crate::db;
 use crate::domain::time::{now_micros, serialize_rfc3339};
 use crate::domain::{Micros, Patch};
 use crate::engine::{Customer, Limits, Snapshot};
@@ -97,16 +97,12 @@ impl CustomerView {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct CustomerList {
-    pub customers: Vec<CustomerView>,
-    /// Items in this page.
-    pub count: usize,
-    /// Items that match the filters, over all pages.
-    pub total_count: usize,
-    pub limit: Option<usize>,
-    pub offset: usize,
-}
+page_response!(
+    /// A page of customers.
+    CustomerList,
+    customers,
+    CustomerView
+);
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CustomerResponse {
@@ -135,19 +131,8 @@ pub async fn list_customers(
         .filter(|c| q.matches(&c.name))
         .collect();
     all.sort_by_key(|c| (c.created_at, c.id));
-    let page = q.page(all)?;
-    let customers: Vec<_> = page
-        .items
-        .iter()
-        .map(|c| CustomerView::new(c, &s, now))
-        .collect();
-    Ok(ApiJson(CustomerList {
-        count: customers.len(),
-        customers,
-        total_count: page.total_count,
-        limit: page.limit,
-        offset: page.offset,
-    }))
+    let page = q.page(all)?.map(|c| CustomerView::new(c, &s, now));
+    Ok(ApiJson(page.into()))
 }
 
 /// Create a customer.
@@ -159,15 +144,15 @@ pub async fn create_customer(
     ApiJson(body): ApiJson<CreateCustomer>,
 ) -> Result<ApiJson<CustomerMessage>, ApiError> {
     let name = text_field("name", &body.name)?;
-    let now = now_micros();
-    let mut changes = LimitChanges::default();
+    let mut w = AdminWrite::begin(&state).await;
+    let now = w.now;
     let limits = patch_limits(
         &Limits::default(),
         body.budget.into(),
         body.rate_limit.into(),
         "",
         now,
-        &mut changes,
+        &mut w.changes,
     )?;
     let customer = Customer {
         id: Uuid::new_v4(),
@@ -176,16 +161,9 @@ pub async fn create_customer(
         created_at: now,
         updated_at: now,
     };
-    let _w = state.worker.lock_config().await;
-    let mut tx = AdminTx::begin(&state).await?;
-    changes.write_upserts(&mut tx).await?;
-    db::upsert_customer(&mut tx, &customer).await?;
-    tx.commit(&state).await?;
-    let view = state.store.update(|s| {
-        let view = CustomerView::new(&customer, s, now);
-        s.put_customer(customer);
-        view
-    });
+    let view = w
+        .put(customer, None, |c, s| CustomerView::new(c, s, now))
+        .await?;
     Ok(ApiJson(CustomerMessage {
         message: "Customer created successfully".to_owned(),
         customer: view,
@@ -201,10 +179,7 @@ pub async fn get_customer(
     ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<CustomerResponse>, ApiError> {
     let s = state.store.snapshot();
-    let c = s
-        .customers
-        .get(&path_id("customer", &id)?)
-        .ok_or_else(|| ApiError::not_found("customer", &id))?;
+    let c = lookup::<Customer>(&s, &id)?;
     Ok(ApiJson(CustomerResponse {
         customer: CustomerView::new(c, &s, now_micros()),
     }))
@@ -220,22 +195,16 @@ pub async fn update_customer(
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<UpdateCustomer>,
 ) -> Result<ApiJson<CustomerMessage>, ApiError> {
-    let key = path_id("customer", &id)?;
-    let _w = state.worker.lock_config().await;
-    let s = state.store.snapshot();
-    let old = s
-        .customers
-        .get(&key)
-        .ok_or_else(|| ApiError::not_found("customer", &id))?;
-    let now = now_micros();
-    let mut changes = LimitChanges::default();
+    let mut w = AdminWrite::begin(&state).await;
+    let old = w.find::<Customer>(&id)?;
+    let now = w.now;
     let limits = patch_limits(
         &old.limits,
         body.budget,
         body.rate_limit,
         "",
         now,
-        &mut changes,
+        &mut w.changes,
     )?;
     let customer = Customer {
         id: old.id,
@@ -247,17 +216,9 @@ pub async fn update_customer(
         created_at: old.created_at,
         updated_at: now,
     };
-    let mut tx = AdminTx::begin(&state).await?;
-    changes.write_upserts(&mut tx).await?;
-    db::upsert_customer(&mut tx, &customer).await?;
-    changes.write_deletes(&mut tx).await?;
-    tx.commit(&state).await?;
-    changes.publish();
-    let view = state.store.update(|s| {
-        let view = CustomerView::new(&customer, s, now);
-        s.put_customer(customer);
-        view
-    });
+    let view = w
+        .put(customer, Some(&old), |c, s| CustomerView::new(c, s, now))
+        .await?;
     Ok(ApiJson(CustomerMessage {
         message: "Customer updated successfully".to_owned(),
         customer: view,
@@ -272,21 +233,16 @@ pub async fn delete_customer(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<Message>, ApiError> {
-    let key = path_id("customer", &id)?;
-    let _w = state.worker.lock_config().await;
-    let s = state.store.snapshot();
-    let old = s
-        .customers
-        .get(&key)
-        .ok_or_else(|| ApiError::not_found("customer", &id))?;
-    let mut changes = LimitChanges::default();
-    changes.remove_all(&old.limits);
-    let mut tx = AdminTx::begin(&state).await?;
-    db::delete_customer(&mut tx, key).await?;
-    changes.write_deletes(&mut tx).await?;
-    tx.commit(&state).await?;
-    state.store.update(|s| s.remove_customer(key));
-    Ok(ApiJson(Message {
-        message: "Customer deleted successfully".to_owned(),
-    }))
+    admin::delete::<Customer>(&state, &id).await
 }
+
+entity!(
+    Customer,
+    "customer",
+    "Customer",
+    by id in customers,
+    db::upsert_customer,
+    db::delete_customer,
+    put_customer,
+    remove_customer
+);

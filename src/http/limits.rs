@@ -13,6 +13,18 @@ use crate::domain::time::{serialize_opt_rfc3339, serialize_rfc3339};
 use crate::domain::{BudgetSpec, LimitError, Micros, Patch, RateLimitSpec};
 use crate::engine::{Budget, Limits, RateLimit};
 
+/// Limits of a governance subject (a provider or a user). Absent fields stay as they are;
+/// `null` (or `{}`) removes.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct LimitsBody {
+    #[serde(default)]
+    #[schema(value_type = Option<BudgetBody>)]
+    pub budget: Patch<BudgetBody>,
+    #[serde(default)]
+    #[schema(value_type = Option<RateLimitBody>)]
+    pub rate_limit: Patch<RateLimitBody>,
+}
+
 /// A budget as sent by an admin. On create, `max_limit` and `reset_duration` are required; on
 /// update, absent fields stay as they are. `{}` means "no budget".
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]

@@ -1,6 +1,7 @@
 //! The HTTP surface: each resource module exposes its routes with their OpenAPI description;
 //! this module composes them and adds the layers (tracing, body limit, auth, fallbacks).
 
+pub mod admin;
 pub mod auth;
 pub mod budgets;
 pub mod check;
@@ -154,40 +155,4 @@ pub fn path_id(what: &str, raw: &str) -> Result<uuid::Uuid, error::ApiError> {
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Message {
     pub message: String,
-}
-
-/// The transaction of an admin change. It takes the next config version, so that other
-/// replicas reload within one flush interval; this replica, whose memory already has the
-/// change, records the version as seen once it is committed.
-pub struct AdminTx {
-    tx: crate::db::Tx,
-    version: i64,
-}
-
-impl AdminTx {
-    pub async fn begin(state: &AppState) -> Result<Self, error::ApiError> {
-        let mut tx = state.db.begin().await?;
-        let version = crate::db::flush::next_config_version(&mut tx).await?;
-        Ok(AdminTx { tx, version })
-    }
-
-    pub async fn commit(self, state: &AppState) -> Result<(), error::ApiError> {
-        self.tx.commit().await?;
-        state.worker.config_committed(self.version);
-        Ok(())
-    }
-}
-
-impl std::ops::Deref for AdminTx {
-    type Target = sqlx::AnyConnection;
-
-    fn deref(&self) -> &Self::Target {
-        &self.tx
-    }
-}
-
-impl std::ops::DerefMut for AdminTx {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.tx
-    }
 }

@@ -8,13 +8,13 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::admin::{self, entity, lookup, AdminWrite};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::limits::{patch_limits, BudgetBody, LimitsView, RateLimitBody};
-use super::page::PageQuery;
-use super::AdminTx;
-use super::{path_id, text_field, Message};
-use crate::db::{self, LimitChanges};
+use super::page::{page_response, PageQuery};
+use super::{text_field, Message};
+use crate::db;
 use crate::domain::time::{now_micros, serialize_rfc3339};
 use crate::domain::{Micros, Patch};
 use crate::engine::{Limits, ModelConfig, Snapshot};
@@ -84,14 +84,12 @@ impl ModelConfigView {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ModelConfigList {
-    pub model_configs: Vec<ModelConfigView>,
-    pub count: usize,
-    pub total_count: usize,
-    pub limit: Option<usize>,
-    pub offset: usize,
-}
+page_response!(
+    /// A page of model configs.
+    ModelConfigList,
+    model_configs,
+    ModelConfigView
+);
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ModelConfigResponse {
@@ -119,22 +117,6 @@ fn check_unique(
     }
 }
 
-async fn save(
-    state: &AppState,
-    config: ModelConfig,
-    changes: LimitChanges,
-) -> Result<ModelConfigView, ApiError> {
-    let mut tx = AdminTx::begin(state).await?;
-    changes.write_upserts(&mut tx).await?;
-    db::upsert_model_config(&mut tx, &config).await?;
-    changes.write_deletes(&mut tx).await?;
-    tx.commit(state).await?;
-    changes.publish();
-    let view = ModelConfigView::new(&config, config.updated_at);
-    state.store.update(|s| s.put_model_config(config));
-    Ok(view)
-}
-
 /// List model configs (`search` matches the model name).
 #[utoipa::path(get, path = "/api/governance/model-configs", tag = "governance",
     params(PageQuery),
@@ -151,19 +133,8 @@ pub async fn list_model_configs(
         .filter(|m| q.matches(&m.model_name))
         .collect();
     all.sort_by_key(|m| (m.created_at, m.id));
-    let page = q.page(all)?;
-    let model_configs: Vec<_> = page
-        .items
-        .iter()
-        .map(|m| ModelConfigView::new(m, now))
-        .collect();
-    Ok(ApiJson(ModelConfigList {
-        count: model_configs.len(),
-        model_configs,
-        total_count: page.total_count,
-        limit: page.limit,
-        offset: page.offset,
-    }))
+    let page = q.page(all)?.map(|m| ModelConfigView::new(m, now));
+    Ok(ApiJson(page.into()))
 }
 
 /// Create a model config; one per (model_name, provider).
@@ -180,23 +151,17 @@ pub async fn create_model_config(
         .as_deref()
         .map(|p| text_field("provider", p))
         .transpose()?;
-    let now = now_micros();
-    let mut changes = LimitChanges::default();
+    let mut w = AdminWrite::begin(&state).await;
+    let now = w.now;
     let limits = patch_limits(
         &Limits::default(),
         body.budget.into(),
         body.rate_limit.into(),
         "",
         now,
-        &mut changes,
+        &mut w.changes,
     )?;
-    let _w = state.worker.lock_config().await;
-    check_unique(
-        &state.store.snapshot(),
-        &model_name,
-        provider.as_deref(),
-        None,
-    )?;
+    check_unique(&w.snapshot, &model_name, provider.as_deref(), None)?;
     let config = ModelConfig {
         id: Uuid::new_v4(),
         model_name,
@@ -207,7 +172,9 @@ pub async fn create_model_config(
     };
     Ok(ApiJson(ModelConfigMessage {
         message: "Model config created successfully".to_owned(),
-        model_config: save(&state, config, changes).await?,
+        model_config: w
+            .put(config, None, |m, _| ModelConfigView::new(m, now))
+            .await?,
     }))
 }
 
@@ -220,12 +187,8 @@ pub async fn get_model_config(
     ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<ModelConfigResponse>, ApiError> {
     let s = state.store.snapshot();
-    let m = s
-        .model_configs
-        .get(&path_id("model config", &id)?)
-        .ok_or_else(|| ApiError::not_found("model config", &id))?;
     Ok(ApiJson(ModelConfigResponse {
-        model_config: ModelConfigView::new(m, now_micros()),
+        model_config: ModelConfigView::new(lookup::<ModelConfig>(&s, &id)?, now_micros()),
     }))
 }
 
@@ -239,13 +202,8 @@ pub async fn update_model_config(
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<UpdateModelConfig>,
 ) -> Result<ApiJson<ModelConfigMessage>, ApiError> {
-    let key = path_id("model config", &id)?;
-    let _w = state.worker.lock_config().await;
-    let s = state.store.snapshot();
-    let old = s
-        .model_configs
-        .get(&key)
-        .ok_or_else(|| ApiError::not_found("model config", &id))?;
+    let mut w = AdminWrite::begin(&state).await;
+    let old = w.find::<ModelConfig>(&id)?;
     let model_name = match &body.model_name {
         Some(n) => text_field("model_name", n)?,
         None => old.model_name.clone(),
@@ -255,16 +213,15 @@ pub async fn update_model_config(
         Patch::Null => None,
         Patch::Value(p) => Some(text_field("provider", &p)?),
     };
-    check_unique(&s, &model_name, provider.as_deref(), Some(old.id))?;
-    let now = now_micros();
-    let mut changes = LimitChanges::default();
+    check_unique(&w.snapshot, &model_name, provider.as_deref(), Some(old.id))?;
+    let now = w.now;
     let limits = patch_limits(
         &old.limits,
         body.budget,
         body.rate_limit,
         "",
         now,
-        &mut changes,
+        &mut w.changes,
     )?;
     let config = ModelConfig {
         id: old.id,
@@ -276,7 +233,9 @@ pub async fn update_model_config(
     };
     Ok(ApiJson(ModelConfigMessage {
         message: "Model config updated successfully".to_owned(),
-        model_config: save(&state, config, changes).await?,
+        model_config: w
+            .put(config, Some(&old), |m, _| ModelConfigView::new(m, now))
+            .await?,
     }))
 }
 
@@ -288,21 +247,16 @@ pub async fn delete_model_config(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<Message>, ApiError> {
-    let key = path_id("model config", &id)?;
-    let _w = state.worker.lock_config().await;
-    let s = state.store.snapshot();
-    let old = s
-        .model_configs
-        .get(&key)
-        .ok_or_else(|| ApiError::not_found("model config", &id))?;
-    let mut changes = LimitChanges::default();
-    changes.remove_all(&old.limits);
-    let mut tx = AdminTx::begin(&state).await?;
-    db::delete_model_config(&mut tx, key).await?;
-    changes.write_deletes(&mut tx).await?;
-    tx.commit(&state).await?;
-    state.store.update(|s| s.remove_model_config(key));
-    Ok(ApiJson(Message {
-        message: "Model config deleted successfully".to_owned(),
-    }))
+    admin::delete::<ModelConfig>(&state, &id).await
 }
+
+entity!(
+    ModelConfig,
+    "model config",
+    "Model config",
+    by id in model_configs,
+    db::upsert_model_config,
+    db::delete_model_config,
+    put_model_config,
+    remove_model_config
+);

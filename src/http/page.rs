@@ -29,6 +29,18 @@ pub struct Page<T> {
     pub offset: usize,
 }
 
+impl<T> Page<T> {
+    /// The same page with each item made into a view.
+    pub fn map<U>(self, view: impl FnMut(T) -> U) -> Page<U> {
+        Page {
+            items: self.items.into_iter().map(view).collect(),
+            total_count: self.total_count,
+            limit: self.limit,
+            offset: self.offset,
+        }
+    }
+}
+
 impl PageQuery {
     /// Whether `name` passes the search filter.
     pub fn matches(&self, name: &str) -> bool {
@@ -67,3 +79,34 @@ impl PageQuery {
         })
     }
 }
+
+/// A page of a listing: the items under the resource's plural name, with what the envelope
+/// reports (the request's `limit` and `offset`, and the count before paging).
+macro_rules! page_response {
+    ($(#[$doc:meta])* $name:ident, $items:ident, $view:ty) => {
+        $(#[$doc])*
+        #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+        pub struct $name {
+            pub $items: Vec<$view>,
+            /// Items in this page.
+            pub count: usize,
+            /// Items that match the filters, over all pages.
+            pub total_count: usize,
+            pub limit: Option<usize>,
+            pub offset: usize,
+        }
+
+        impl From<$crate::http::page::Page<$view>> for $name {
+            fn from(page: $crate::http::page::Page<$view>) -> Self {
+                $name {
+                    count: page.items.len(),
+                    $items: page.items,
+                    total_count: page.total_count,
+                    limit: page.limit,
+                    offset: page.offset,
+                }
+            }
+        }
+    };
+}
+pub(crate) use page_response;

@@ -1,21 +1,19 @@
 //! `/api/governance/providers`: budgets and rate limits of a provider, across every key.
 
-use std::sync::Arc;
-
 use axum::extract::State;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::admin::{self, entity, lookup, put_named};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath};
-use super::limits::{patch_limits, BudgetBody, LimitsView, RateLimitBody};
-use super::AdminTx;
+use super::limits::{LimitsBody, LimitsView};
 use super::{text_field, Message};
-use crate::db::{self, LimitChanges};
+use crate::db;
 use crate::domain::time::{now_micros, serialize_rfc3339};
-use crate::domain::{Micros, Patch};
+use crate::domain::Micros;
 use crate::engine::Provider;
 use crate::http::state::AppState;
 
@@ -23,18 +21,6 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_providers))
         .routes(routes!(get_provider, update_provider, delete_provider))
-}
-
-/// Limits of a governance subject (a provider or a user). Absent fields stay as they are;
-/// `null` (or `{}`) removes.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-pub struct LimitsBody {
-    #[serde(default)]
-    #[schema(value_type = Option<BudgetBody>)]
-    pub budget: Patch<BudgetBody>,
-    #[serde(default)]
-    #[schema(value_type = Option<RateLimitBody>)]
-    pub rate_limit: Patch<RateLimitBody>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -102,12 +88,8 @@ pub async fn get_provider(
     ApiPath(name): ApiPath<String>,
 ) -> Result<ApiJson<ProviderResponse>, ApiError> {
     let s = state.store.snapshot();
-    let p = s
-        .providers
-        .get(&name)
-        .ok_or_else(|| ApiError::not_found("provider", &name))?;
     Ok(ApiJson(ProviderResponse {
-        provider: ProviderView::new(p, now_micros()),
+        provider: ProviderView::new(lookup::<Provider>(&s, &name)?, now_micros()),
     }))
 }
 
@@ -122,39 +104,11 @@ pub async fn update_provider(
     ApiJson(body): ApiJson<LimitsBody>,
 ) -> Result<ApiJson<ProviderMessage>, ApiError> {
     let name = text_field("provider", &name)?;
-    let _w = state.worker.lock_config().await;
-    let s = state.store.snapshot();
-    let old = s.providers.get(&name);
-    let now = now_micros();
-    let mut changes = LimitChanges::default();
-    let base = old.map(|o| o.limits.clone()).unwrap_or_default();
-    let limits = patch_limits(&base, body.budget, body.rate_limit, "", now, &mut changes)?;
-    let provider = Provider {
-        name,
-        limits,
-        created_at: old.map_or(now, |o| o.created_at),
-        updated_at: now,
-    };
-    let mut tx = AdminTx::begin(&state).await?;
-    changes.write_upserts(&mut tx).await?;
-    db::upsert_provider(&mut tx, &provider).await?;
-    changes.write_deletes(&mut tx).await?;
-    tx.commit(&state).await?;
-    changes.publish();
-    let view = ProviderView::new(&provider, now);
-    let message = if old.is_some() {
-        "Provider updated successfully"
-    } else {
-        "Provider created successfully"
-    };
-    state.store.update(|s| {
-        s.providers
-            .insert(provider.name.clone(), Arc::new(provider))
-    });
-    Ok(ApiJson(ProviderMessage {
-        message: message.to_owned(),
-        provider: view,
-    }))
+    let (message, provider) = put_named(&state, name, body, |e: &Provider, now| {
+        ProviderView::new(e, now)
+    })
+    .await?;
+    Ok(ApiJson(ProviderMessage { message, provider }))
 }
 
 /// Remove a provider's governance with its budget and rate limit.
@@ -165,20 +119,14 @@ pub async fn delete_provider(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<ApiJson<Message>, ApiError> {
-    let _w = state.worker.lock_config().await;
-    let s = state.store.snapshot();
-    let old = s
-        .providers
-        .get(&name)
-        .ok_or_else(|| ApiError::not_found("provider", &name))?;
-    let mut changes = LimitChanges::default();
-    changes.remove_all(&old.limits);
-    let mut tx = AdminTx::begin(&state).await?;
-    db::delete_provider(&mut tx, &name).await?;
-    changes.write_deletes(&mut tx).await?;
-    tx.commit(&state).await?;
-    state.store.update(|s| s.providers.remove(&name));
-    Ok(ApiJson(Message {
-        message: "Provider deleted successfully".to_owned(),
-    }))
+    admin::delete::<Provider>(&state, &name).await
 }
+
+entity!(
+    Provider,
+    "provider",
+    "Provider",
+    by name name in providers,
+    db::upsert_provider,
+    db::delete_provider
+);

@@ -9,13 +9,13 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::admin::{self, entity, lookup, AdminWrite};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::limits::{patch_limits, BudgetBody, LimitsView, RateLimitBody};
-use super::page::PageQuery;
-use super::AdminTx;
-use super::{path_id, text_field, Message};
-use crate::db::{self, LimitChanges};
+use super::page::{page_response, PageQuery};
+use super::{text_field, Message};
+use crate::db;
 use crate::domain::time::{now_micros, serialize_rfc3339};
 use crate::domain::{Micros, Patch};
 use crate::engine::{Limits, Snapshot, Team};
@@ -88,14 +88,12 @@ pub struct TeamFilter {
     pub customer_id: Option<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TeamList {
-    pub teams: Vec<TeamView>,
-    pub count: usize,
-    pub total_count: usize,
-    pub limit: Option<usize>,
-    pub offset: usize,
-}
+page_response!(
+    /// A page of teams.
+    TeamList,
+    teams,
+    TeamView
+);
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TeamResponse {
@@ -144,15 +142,8 @@ pub async fn list_teams(
         .filter(|t| q.matches(&t.name) && (customer.is_none() || t.customer_id == customer))
         .collect();
     all.sort_by_key(|t| (t.created_at, t.id));
-    let page = q.page(all)?;
-    let teams: Vec<_> = page.items.iter().map(|t| TeamView::new(t, now)).collect();
-    Ok(ApiJson(TeamList {
-        count: teams.len(),
-        teams,
-        total_count: page.total_count,
-        limit: page.limit,
-        offset: page.offset,
-    }))
+    let page = q.page(all)?.map(|t| TeamView::new(t, now));
+    Ok(ApiJson(page.into()))
 }
 
 /// Create a team.
@@ -164,22 +155,20 @@ pub async fn create_team(
     ApiJson(body): ApiJson<CreateTeam>,
 ) -> Result<ApiJson<TeamMessage>, ApiError> {
     let name = text_field("name", &body.name)?;
-    let now = now_micros();
-    let mut changes = LimitChanges::default();
+    let mut w = AdminWrite::begin(&state).await;
+    let now = w.now;
     let limits = patch_limits(
         &Limits::default(),
         body.budget.into(),
         body.rate_limit.into(),
         "",
         now,
-        &mut changes,
+        &mut w.changes,
     )?;
-    let _w = state.worker.lock_config().await;
-    let s = state.store.snapshot();
     let customer_id = body
         .customer_id
         .as_deref()
-        .map(|c| customer_ref(&s, c))
+        .map(|c| customer_ref(&w.snapshot, c))
         .transpose()?;
     let team = Team {
         id: Uuid::new_v4(),
@@ -189,23 +178,11 @@ pub async fn create_team(
         created_at: now,
         updated_at: now,
     };
-    let mut tx = AdminTx::begin(&state).await?;
-    changes.write_upserts(&mut tx).await?;
-    db::upsert_team(&mut tx, &team).await?;
-    tx.commit(&state).await?;
-    let team = TeamView::new(&team, now).and_insert(&state, team);
+    let team = w.put(team, None, |t, _| TeamView::new(t, now)).await?;
     Ok(ApiJson(TeamMessage {
         message: "Team created successfully".to_owned(),
         team,
     }))
-}
-
-impl TeamView {
-    /// Publishes `team` and returns its view.
-    fn and_insert(self, state: &AppState, team: Team) -> Self {
-        state.store.update(|s| s.put_team(team));
-        self
-    }
 }
 
 /// Get a team.
@@ -217,12 +194,8 @@ pub async fn get_team(
     ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<TeamResponse>, ApiError> {
     let s = state.store.snapshot();
-    let t = s
-        .teams
-        .get(&path_id("team", &id)?)
-        .ok_or_else(|| ApiError::not_found("team", &id))?;
     Ok(ApiJson(TeamResponse {
-        team: TeamView::new(t, now_micros()),
+        team: TeamView::new(lookup::<Team>(&s, &id)?, now_micros()),
     }))
 }
 
@@ -236,31 +209,25 @@ pub async fn update_team(
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<UpdateTeam>,
 ) -> Result<ApiJson<TeamMessage>, ApiError> {
-    let key = path_id("team", &id)?;
-    let _w = state.worker.lock_config().await;
-    let s = state.store.snapshot();
-    let old = s
-        .teams
-        .get(&key)
-        .ok_or_else(|| ApiError::not_found("team", &id))?;
-    let now = now_micros();
+    let mut w = AdminWrite::begin(&state).await;
+    let old = w.find::<Team>(&id)?;
+    let now = w.now;
     let customer_id = match &body.customer_id {
         Patch::Absent => old.customer_id,
         Patch::Null => None,
-        Patch::Value(raw) => Some(customer_ref(&s, raw)?),
+        Patch::Value(raw) => Some(customer_ref(&w.snapshot, raw)?),
     };
     let name = match &body.name {
         Some(n) => text_field("name", n)?,
         None => old.name.clone(),
     };
-    let mut changes = LimitChanges::default();
     let limits = patch_limits(
         &old.limits,
         body.budget,
         body.rate_limit,
         "",
         now,
-        &mut changes,
+        &mut w.changes,
     )?;
     let team = Team {
         id: old.id,
@@ -270,13 +237,9 @@ pub async fn update_team(
         created_at: old.created_at,
         updated_at: now,
     };
-    let mut tx = AdminTx::begin(&state).await?;
-    changes.write_upserts(&mut tx).await?;
-    db::upsert_team(&mut tx, &team).await?;
-    changes.write_deletes(&mut tx).await?;
-    tx.commit(&state).await?;
-    changes.publish();
-    let team = TeamView::new(&team, now).and_insert(&state, team);
+    let team = w
+        .put(team, Some(&old), |t, _| TeamView::new(t, now))
+        .await?;
     Ok(ApiJson(TeamMessage {
         message: "Team updated successfully".to_owned(),
         team,
@@ -291,21 +254,16 @@ pub async fn delete_team(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<Message>, ApiError> {
-    let key = path_id("team", &id)?;
-    let _w = state.worker.lock_config().await;
-    let s = state.store.snapshot();
-    let old = s
-        .teams
-        .get(&key)
-        .ok_or_else(|| ApiError::not_found("team", &id))?;
-    let mut changes = LimitChanges::default();
-    changes.remove_all(&old.limits);
-    let mut tx = AdminTx::begin(&state).await?;
-    db::delete_team(&mut tx, key).await?;
-    changes.write_deletes(&mut tx).await?;
-    tx.commit(&state).await?;
-    state.store.update(|s| s.remove_team(key));
-    Ok(ApiJson(Message {
-        message: "Team deleted successfully".to_owned(),
-    }))
+    admin::delete::<Team>(&state, &id).await
 }
+
+entity!(
+    Team,
+    "team",
+    "Team",
+    by id in teams,
+    db::upsert_team,
+    db::delete_team,
+    put_team,
+    remove_team
+);

@@ -1,20 +1,17 @@
 //! `/api/governance/users/{user_id}`: budgets and rate limits of one end user.
 
-use std::sync::Arc;
-
 use axum::extract::State;
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::admin::{self, entity, lookup, put_named};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath};
-use super::limits::{patch_limits, LimitsView};
-use super::providers::LimitsBody;
-use super::AdminTx;
+use super::limits::{LimitsBody, LimitsView};
 use super::{text_field, Message};
-use crate::db::{self, LimitChanges};
+use crate::db;
 use crate::domain::time::{now_micros, serialize_rfc3339};
 use crate::domain::Micros;
 use crate::engine::User;
@@ -68,12 +65,8 @@ pub async fn get_user(
     ApiPath(user_id): ApiPath<String>,
 ) -> Result<ApiJson<UserResponse>, ApiError> {
     let s = state.store.snapshot();
-    let u = s
-        .users
-        .get(&user_id)
-        .ok_or_else(|| ApiError::not_found("user", &user_id))?;
     Ok(ApiJson(UserResponse {
-        user: UserView::new(u, now_micros()),
+        user: UserView::new(lookup::<User>(&s, &user_id)?, now_micros()),
     }))
 }
 
@@ -88,38 +81,9 @@ pub async fn update_user(
     ApiJson(body): ApiJson<LimitsBody>,
 ) -> Result<ApiJson<UserMessage>, ApiError> {
     let user_id = text_field("user_id", &user_id)?;
-    let _w = state.worker.lock_config().await;
-    let s = state.store.snapshot();
-    let old = s.users.get(&user_id);
-    let now = now_micros();
-    let mut changes = LimitChanges::default();
-    let base = old.map(|o| o.limits.clone()).unwrap_or_default();
-    let limits = patch_limits(&base, body.budget, body.rate_limit, "", now, &mut changes)?;
-    let user = User {
-        user_id,
-        limits,
-        created_at: old.map_or(now, |o| o.created_at),
-        updated_at: now,
-    };
-    let mut tx = AdminTx::begin(&state).await?;
-    changes.write_upserts(&mut tx).await?;
-    db::upsert_user(&mut tx, &user).await?;
-    changes.write_deletes(&mut tx).await?;
-    tx.commit(&state).await?;
-    changes.publish();
-    let view = UserView::new(&user, now);
-    let message = if old.is_some() {
-        "User updated successfully"
-    } else {
-        "User created successfully"
-    };
-    state
-        .store
-        .update(|s| s.users.insert(user.user_id.clone(), Arc::new(user)));
-    Ok(ApiJson(UserMessage {
-        message: message.to_owned(),
-        user: view,
-    }))
+    let (message, user) =
+        put_named(&state, user_id, body, |e: &User, now| UserView::new(e, now)).await?;
+    Ok(ApiJson(UserMessage { message, user }))
 }
 
 /// Remove a user's governance with its budget and rate limit.
@@ -130,20 +94,14 @@ pub async fn delete_user(
     State(state): State<AppState>,
     ApiPath(user_id): ApiPath<String>,
 ) -> Result<ApiJson<Message>, ApiError> {
-    let _w = state.worker.lock_config().await;
-    let s = state.store.snapshot();
-    let old = s
-        .users
-        .get(&user_id)
-        .ok_or_else(|| ApiError::not_found("user", &user_id))?;
-    let mut changes = LimitChanges::default();
-    changes.remove_all(&old.limits);
-    let mut tx = AdminTx::begin(&state).await?;
-    db::delete_user(&mut tx, &user_id).await?;
-    changes.write_deletes(&mut tx).await?;
-    tx.commit(&state).await?;
-    state.store.update(|s| s.users.remove(&user_id));
-    Ok(ApiJson(Message {
-        message: "User deleted successfully".to_owned(),
-    }))
+    admin::delete::<User>(&state, &user_id).await
 }
+
+entity!(
+    User,
+    "user",
+    "User",
+    by name user_id in users,
+    db::upsert_user,
+    db::delete_user
+);

@@ -12,14 +12,14 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::admin::{self, lookup, AdminWrite, Entity};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::limits::{patch_limits, BudgetBody, LimitsView, RateLimitBody};
-use super::page::PageQuery;
+use super::page::{page_response, PageQuery};
 use super::teams::{customer_ref, filter_id};
-use super::AdminTx;
-use super::{path_id, text_field, Message};
-use crate::db::{self, LimitChanges};
+use super::{text_field, Message};
+use crate::db::{self, Conn, DbError, LimitChanges};
 use crate::domain::time::{now_micros, serialize_rfc3339};
 use crate::domain::{Micros, Patch};
 use crate::engine::{Limits, ProviderConfig, Snapshot, VirtualKey};
@@ -177,14 +177,12 @@ pub struct VirtualKeyFilter {
     pub customer_id: Option<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct VirtualKeyList {
-    pub virtual_keys: Vec<VirtualKeyView>,
-    pub count: usize,
-    pub total_count: usize,
-    pub limit: Option<usize>,
-    pub offset: usize,
-}
+page_response!(
+    /// A page of virtual keys.
+    VirtualKeyList,
+    virtual_keys,
+    VirtualKeyView
+);
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct VirtualKeyResponse {
@@ -258,13 +256,14 @@ fn check_name_free(s: &Snapshot, name: &str, except: Option<Uuid>) -> Result<(),
 }
 
 /// Builds a key's provider-config list from a body, against its current list. Configs not
-/// listed are removed with their limits; listed ones keep their counters.
+/// listed are removed with their limits (see [`Entity::upsert`] of a key); listed ones keep
+/// their counters.
 fn provider_configs(
     current: &[Arc<ProviderConfig>],
     bodies: Vec<ProviderConfigBody>,
     now: Micros,
     changes: &mut LimitChanges,
-) -> Result<(Vec<Arc<ProviderConfig>>, Vec<Uuid>), ApiError> {
+) -> Result<Vec<Arc<ProviderConfig>>, ApiError> {
     if bodies.len() > MAX_LIST_ITEMS {
         return Err(ApiError::InvalidRequest(format!(
             "provider_configs: at most {MAX_LIST_ITEMS} items"
@@ -318,38 +317,12 @@ fn provider_configs(
             limits,
         }));
     }
-    let mut removed = Vec::new();
     for pc in current {
         if !seen.contains(&pc.id) {
             changes.remove_all(&pc.limits);
-            removed.push(pc.id);
         }
     }
-    Ok((next, removed))
-}
-
-/// Writes a key, its provider configs and their limits in one transaction, then publishes it.
-async fn save(
-    state: &AppState,
-    vk: VirtualKey,
-    removed_configs: &[Uuid],
-    changes: LimitChanges,
-) -> Result<VirtualKeyView, ApiError> {
-    let mut tx = AdminTx::begin(state).await?;
-    changes.write_upserts(&mut tx).await?;
-    db::upsert_virtual_key(&mut tx, &vk).await?;
-    for id in removed_configs {
-        db::delete_provider_config(&mut tx, *id).await?;
-    }
-    for (position, pc) in vk.provider_configs.iter().enumerate() {
-        db::upsert_provider_config(&mut tx, vk.id, position, pc).await?;
-    }
-    changes.write_deletes(&mut tx).await?;
-    tx.commit(state).await?;
-    changes.publish();
-    let view = VirtualKeyView::new(&vk, vk.updated_at);
-    state.store.update(|s| s.put_virtual_key(vk));
-    Ok(view)
+    Ok(next)
 }
 
 /// List virtual keys (values are never shown).
@@ -375,19 +348,8 @@ pub async fn list_virtual_keys(
         })
         .collect();
     all.sort_by_key(|k| (k.created_at, k.id));
-    let page = q.page(all)?;
-    let keys: Vec<_> = page
-        .items
-        .iter()
-        .map(|k| VirtualKeyView::new(k, now))
-        .collect();
-    Ok(ApiJson(VirtualKeyList {
-        count: keys.len(),
-        virtual_keys: keys,
-        total_count: page.total_count,
-        limit: page.limit,
-        offset: page.offset,
-    }))
+    let page = q.page(all)?.map(|k| VirtualKeyView::new(k, now));
+    Ok(ApiJson(page.into()))
 }
 
 /// Create a virtual key. The response is the only one that shows the full `value`.
@@ -399,13 +361,7 @@ pub async fn create_virtual_key(
     ApiJson(body): ApiJson<CreateVirtualKey>,
 ) -> Result<ApiJson<VirtualKeyMessage>, ApiError> {
     let name = text_field("name", &body.name)?;
-    let description = body.description.unwrap_or_default();
-    if description.len() > 4096 {
-        return Err(ApiError::InvalidRequest(
-            "description: must be at most 4096 bytes".into(),
-        ));
-    }
-    super::no_nul("description", &description)?;
+    let description = description(body.description.unwrap_or_default())?;
     if body.team_id.is_some() && body.customer_id.is_some() {
         return Err(ApiError::InvalidRequest(
             "a virtual key belongs to a team or to a customer, not both".to_owned(),
@@ -418,35 +374,34 @@ pub async fn create_virtual_key(
         }
         None => generate_value(),
     };
-    let now = now_micros();
-    let mut changes = LimitChanges::default();
+    let mut w = AdminWrite::begin(&state).await;
+    let now = w.now;
     let limits = patch_limits(
         &Limits::default(),
         body.budget.into(),
         body.rate_limit.into(),
         "",
         now,
-        &mut changes,
+        &mut w.changes,
     )?;
-    let (configs, _) = provider_configs(
+    let configs = provider_configs(
         &[],
         body.provider_configs.unwrap_or_default(),
         now,
-        &mut changes,
+        &mut w.changes,
     )?;
-    let _w = state.worker.lock_config().await;
-    let s = state.store.snapshot();
+    let s = &w.snapshot;
     let team_id = body
         .team_id
         .as_deref()
-        .map(|t| team_ref(&s, t))
+        .map(|t| team_ref(s, t))
         .transpose()?;
     let customer_id = body
         .customer_id
         .as_deref()
-        .map(|c| customer_ref(&s, c))
+        .map(|c| customer_ref(s, c))
         .transpose()?;
-    check_name_free(&s, &name, None)?;
+    check_name_free(s, &name, None)?;
     let value_hash = VirtualKey::hash_value(&value);
     if s.keys_by_hash.contains_key(&value_hash) {
         return Err(ApiError::Conflict(
@@ -467,7 +422,7 @@ pub async fn create_virtual_key(
         created_at: now,
         updated_at: now,
     };
-    let mut view = save(&state, vk, &[], changes).await?;
+    let mut view = w.put(vk, None, |k, _| VirtualKeyView::new(k, now)).await?;
     view.value = Some(value);
     Ok(ApiJson(VirtualKeyMessage {
         message: "Virtual key created successfully".to_owned(),
@@ -484,12 +439,8 @@ pub async fn get_virtual_key(
     ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<VirtualKeyResponse>, ApiError> {
     let s = state.store.snapshot();
-    let k = s
-        .virtual_keys
-        .get(&path_id("virtual key", &id)?)
-        .ok_or_else(|| ApiError::not_found("virtual key", &id))?;
     Ok(ApiJson(VirtualKeyResponse {
-        virtual_key: VirtualKeyView::new(k, now_micros()),
+        virtual_key: VirtualKeyView::new(lookup::<VirtualKey>(&s, &id)?, now_micros()),
     }))
 }
 
@@ -503,25 +454,24 @@ pub async fn update_virtual_key(
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<UpdateVirtualKey>,
 ) -> Result<ApiJson<VirtualKeyMessage>, ApiError> {
-    let key = path_id("virtual key", &id)?;
-    if matches!(body.team_id, Patch::Value(_)) && matches!(body.customer_id, Patch::Value(_)) {
+    if Uuid::parse_str(&id).is_ok()
+        && matches!(body.team_id, Patch::Value(_))
+        && matches!(body.customer_id, Patch::Value(_))
+    {
         return Err(ApiError::InvalidRequest(
             "a virtual key belongs to a team or to a customer, not both".to_owned(),
         ));
     }
-    let _w = state.worker.lock_config().await;
-    let s = state.store.snapshot();
-    let old = s
-        .virtual_keys
-        .get(&key)
-        .ok_or_else(|| ApiError::not_found("virtual key", &id))?;
-    let now = now_micros();
+    let mut w = AdminWrite::begin(&state).await;
+    let old = w.find::<VirtualKey>(&id)?;
+    let now = w.now;
+    let s = &w.snapshot;
     let (mut team_id, mut customer_id) = (old.team_id, old.customer_id);
     match &body.team_id {
         Patch::Absent => {}
         Patch::Null => team_id = None,
         Patch::Value(raw) => {
-            team_id = Some(team_ref(&s, raw)?);
+            team_id = Some(team_ref(s, raw)?);
             customer_id = None;
         }
     }
@@ -529,7 +479,7 @@ pub async fn update_virtual_key(
         Patch::Absent => {}
         Patch::Null => customer_id = None,
         Patch::Value(raw) => {
-            customer_id = Some(customer_ref(&s, raw)?);
+            customer_id = Some(customer_ref(s, raw)?);
             team_id = None;
         }
     }
@@ -537,30 +487,24 @@ pub async fn update_virtual_key(
         Some(n) => text_field("name", n)?,
         None => old.name.clone(),
     };
-    check_name_free(&s, &name, Some(old.id))?;
-    let description = body
-        .description
-        .clone()
-        .unwrap_or_else(|| old.description.clone());
-    if description.len() > 4096 {
-        return Err(ApiError::InvalidRequest(
-            "description: must be at most 4096 bytes".into(),
-        ));
-    }
-    super::no_nul("description", &description)?;
-    let mut changes = LimitChanges::default();
+    check_name_free(s, &name, Some(old.id))?;
+    let description = description(
+        body.description
+            .clone()
+            .unwrap_or_else(|| old.description.clone()),
+    )?;
     let limits = patch_limits(
         &old.limits,
         body.budget,
         body.rate_limit,
         "",
         now,
-        &mut changes,
+        &mut w.changes,
     )?;
-    let (configs, removed) = match body.provider_configs {
-        Patch::Absent => (old.provider_configs.clone(), Vec::new()),
-        Patch::Null => provider_configs(&old.provider_configs, Vec::new(), now, &mut changes)?,
-        Patch::Value(list) => provider_configs(&old.provider_configs, list, now, &mut changes)?,
+    let configs = match body.provider_configs {
+        Patch::Absent => old.provider_configs.clone(),
+        Patch::Null => provider_configs(&old.provider_configs, Vec::new(), now, &mut w.changes)?,
+        Patch::Value(list) => provider_configs(&old.provider_configs, list, now, &mut w.changes)?,
     };
     let vk = VirtualKey {
         id: old.id,
@@ -576,7 +520,9 @@ pub async fn update_virtual_key(
         created_at: old.created_at,
         updated_at: now,
     };
-    let view = save(&state, vk, &removed, changes).await?;
+    let view = w
+        .put(vk, Some(&old), |k, _| VirtualKeyView::new(k, now))
+        .await?;
     Ok(ApiJson(VirtualKeyMessage {
         message: "Virtual key updated successfully".to_owned(),
         virtual_key: view,
@@ -591,26 +537,69 @@ pub async fn delete_virtual_key(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<Message>, ApiError> {
-    let key = path_id("virtual key", &id)?;
-    let _w = state.worker.lock_config().await;
-    let s = state.store.snapshot();
-    let old = s
-        .virtual_keys
-        .get(&key)
-        .ok_or_else(|| ApiError::not_found("virtual key", &id))?;
-    let mut changes = LimitChanges::default();
-    changes.remove_all(&old.limits);
-    for pc in &old.provider_configs {
-        changes.remove_all(&pc.limits);
+    admin::delete::<VirtualKey>(&state, &id).await
+}
+
+fn description(text: String) -> Result<String, ApiError> {
+    if text.len() > 4096 {
+        return Err(ApiError::InvalidRequest(
+            "description: must be at most 4096 bytes".into(),
+        ));
     }
-    let mut tx = AdminTx::begin(&state).await?;
-    db::delete_virtual_key(&mut tx, key).await?;
-    changes.write_deletes(&mut tx).await?;
-    tx.commit(&state).await?;
-    state.store.update(|s| s.remove_virtual_key(key));
-    Ok(ApiJson(Message {
-        message: "Virtual key deleted successfully".to_owned(),
-    }))
+    super::no_nul("description", &text)?;
+    Ok(text)
+}
+
+impl Entity for VirtualKey {
+    const KIND: &'static str = "virtual key";
+    const TITLE: &'static str = "Virtual key";
+    type Key = Uuid;
+
+    fn parse_key(raw: &str) -> Option<Uuid> {
+        Uuid::parse_str(raw).ok()
+    }
+
+    fn key(&self) -> Uuid {
+        self.id
+    }
+
+    fn find<'s>(s: &'s Snapshot, key: &Uuid) -> Option<&'s Arc<VirtualKey>> {
+        s.virtual_keys.get(key)
+    }
+
+    fn limits(&self) -> Vec<&Limits> {
+        std::iter::once(&self.limits)
+            .chain(self.provider_configs.iter().map(|pc| &pc.limits))
+            .collect()
+    }
+
+    /// The key's row, then its provider configs: those no longer listed go, the listed ones
+    /// are written in their order.
+    async fn upsert(&self, old: Option<&VirtualKey>, c: &mut Conn) -> Result<(), DbError> {
+        db::upsert_virtual_key(c, self).await?;
+        let listed: HashSet<Uuid> = self.provider_configs.iter().map(|pc| pc.id).collect();
+        for pc in old.map_or(&[][..], |o| &o.provider_configs[..]) {
+            if !listed.contains(&pc.id) {
+                db::delete_provider_config(c, pc.id).await?;
+            }
+        }
+        for (position, pc) in self.provider_configs.iter().enumerate() {
+            db::upsert_provider_config(c, self.id, position, pc).await?;
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, c: &mut Conn) -> Result<(), DbError> {
+        db::delete_virtual_key(c, self.id).await
+    }
+
+    fn publish(self, s: &mut Snapshot) {
+        s.put_virtual_key(self);
+    }
+
+    fn unpublish(key: &Uuid, s: &mut Snapshot) {
+        s.remove_virtual_key(*key);
+    }
 }
 
 #[cfg(test)]
