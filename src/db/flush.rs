@@ -9,7 +9,8 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::dedup::key_block;
-use super::rows::{parse_uuid, uuid_text};
+use super::rollups::rollups_sql;
+use super::rows::parse_uuid;
 use super::{Conn, DbError};
 use crate::domain::Micros;
 use crate::engine::counter::FlushItem;
@@ -285,69 +286,6 @@ pub async fn rate_limits_since(c: &mut Conn, since: i64) -> Result<Vec<RateLimit
         .collect()
 }
 
-fn opt_id(id: Option<Uuid>) -> String {
-    id.map(uuid_text).unwrap_or_default()
-}
-
-/// A SQL string literal. Quotes are doubled, which is the whole escaping both backends need
-/// (PostgreSQL with `standard_conforming_strings`, its default since 9.1). Values never
-/// contain NUL: the API rejects it.
-fn text_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
-/// How a rollup row already there takes the new one's sums.
-pub(super) const ROLLUP_ADD: &str =
-    "on conflict (bucket_start, virtual_key_id, team_id, customer_id, \
-    user_id, provider, model) do update set requests = usage_rollups.requests + excluded.requests, \
-    tokens = usage_rollups.tokens + excluded.tokens, cost = usage_rollups.cost + excluded.cost";
-
-/// Adds hourly rollups. Values are inlined as literals: thousands of bind parameters in one
-/// statement cost SQLite quadratic time to resolve. Rows go in key order: two replicas adding
-/// to the same rows lock them in the same order, where opposite orders deadlock on PostgreSQL
-/// (flushes that change counters are serialised by the clock row anyway; rollup-only flushes,
-/// from usage that no limit governs, are not).
-fn rollups_sql(rows: &[(RollupKey, RollupSums)], out: &mut Vec<Statement>) {
-    let rows = sorted_rollups(rows);
-    for chunk in rows.chunks(CHUNK) {
-        let mut sql = String::from(
-            "insert into usage_rollups (bucket_start, virtual_key_id, team_id, customer_id, \
-             user_id, provider, model, requests, tokens, cost) values ",
-        );
-        for (i, (k, v)) in chunk.iter().enumerate() {
-            if i > 0 {
-                sql.push(',');
-            }
-            let _ = write!(
-                sql,
-                "({}, '{}', '{}', '{}', {}, {}, {}, {}, {}, {})",
-                k.bucket_start,
-                opt_id(k.virtual_key_id),
-                opt_id(k.team_id),
-                opt_id(k.customer_id),
-                text_literal(&k.user_id),
-                text_literal(&k.provider),
-                text_literal(&k.model),
-                v.requests,
-                v.tokens,
-                v.cost
-            );
-        }
-        sql.push(' ');
-        sql.push_str(ROLLUP_ADD);
-        out.push(Statement {
-            sql,
-            ..Statement::default()
-        });
-    }
-}
-
-pub(super) fn sorted_rollups(rows: &[(RollupKey, RollupSums)]) -> Vec<&(RollupKey, RollupSums)> {
-    let mut rows: Vec<&(RollupKey, RollupSums)> = rows.iter().collect();
-    rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    rows
-}
-
 /// What one flush writes.
 #[derive(Debug, Clone, Copy)]
 pub struct FlushWrites<'a> {
@@ -377,7 +315,12 @@ impl FlushWrites<'_> {
         let mut statements = Vec::new();
         budget_deltas_sql::<D>(version, self.budgets, &mut statements);
         rate_limit_deltas_sql::<D>(version, self.rates, &mut statements);
-        rollups_sql(self.rollups, &mut statements);
+        rollups_sql(self.rollups, CHUNK, |sql| {
+            statements.push(Statement {
+                sql,
+                ..Statement::default()
+            })
+        });
         D::dedup_block(self.keys, &mut statements);
         statements
     }
@@ -409,15 +352,4 @@ pub(super) async fn run_statements(
         query.execute(&mut *c).await?;
     }
     Ok(version)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn text_literals_double_their_quotes() {
-        assert_eq!(text_literal("o'brien"), "'o''brien'");
-        assert_eq!(text_literal("a\\b"), "'a\\b'");
-    }
 }

@@ -6,10 +6,12 @@
 
 pub mod dedup;
 pub mod flush;
+mod limits;
 mod load;
 mod migrate;
 pub mod postgres;
 pub mod report;
+mod rollups;
 mod rows;
 pub mod sqlite;
 mod writes;
@@ -23,6 +25,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{AnyConnection, AnyPool, ConnectOptions, Connection, Executor, Transaction};
 
 pub use crate::domain::Backend;
+pub use limits::*;
 pub use load::load_snapshot;
 pub use postgres::FlushConnection;
 pub use sqlite::writer_cache_mib;

@@ -4,6 +4,7 @@
 pub mod capture;
 pub mod check;
 pub mod counter;
+pub mod decision;
 pub mod dedup;
 pub mod delta;
 pub mod dirty;

@@ -11,11 +11,13 @@ use std::collections::HashMap;
 use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
-use axum::http::Method;
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 use crate::engine::check::Verdict;
+use http::RouteSeries;
+
+mod http;
 use crate::engine::usage::Charge;
 
 /// Distinct provider × model pairs given their own series; later pairs share `_other`.
@@ -102,15 +104,6 @@ impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
     }
-}
-
-/// The series of one route, by method and status.
-type RouteSeries = Vec<(Method, u16, HttpSeries)>;
-
-#[derive(Clone)]
-struct HttpSeries {
-    requests: Counter,
-    duration: Histogram,
 }
 
 #[derive(Clone)]
@@ -304,56 +297,6 @@ impl Metrics {
         }
     }
 
-    /// Records one HTTP request.
-    pub fn request(&self, route: &str, method: &Method, status: u16, took: Duration) {
-        let record = |series: &HttpSeries| {
-            series.requests.increment(1);
-            series.duration.record(took.as_secs_f64());
-        };
-        {
-            let http = self.http.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some((_, _, series)) = http
-                .get(route)
-                .and_then(|v| v.iter().find(|(m, s, _)| m == method && *s == status))
-            {
-                record(series);
-                return;
-            }
-        }
-        record(&self.register_http(route, method, status));
-    }
-
-    fn register_http(&self, route: &str, method: &Method, status: u16) -> HttpSeries {
-        let mut http = self.http.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, _, series)) = http
-            .get(route)
-            .and_then(|v| v.iter().find(|(m, s, _)| m == method && *s == status))
-        {
-            return series.clone();
-        }
-        let labels = || {
-            vec![
-                Label::new("route", route.to_owned()),
-                Label::new("method", method_label(method)),
-                Label::new("status", status.to_string()),
-            ]
-        };
-        let series = HttpSeries {
-            requests: self.recorder.register_counter(
-                &Key::from_parts("heimdall_http_requests_total", labels()),
-                &META,
-            ),
-            duration: self.recorder.register_histogram(
-                &Key::from_parts("heimdall_http_request_duration_seconds", labels()),
-                &META,
-            ),
-        };
-        http.entry(route.to_owned())
-            .or_default()
-            .push((method.clone(), status, series.clone()));
-        series
-    }
-
     /// Folds recorded histogram samples into their buckets; called periodically so that memory
     /// stays bounded between scrapes.
     pub fn upkeep(&self) {
@@ -433,7 +376,7 @@ impl<'a> ChargeTally<'a> {
     }
 }
 
-static META: Metadata<'static> = Metadata::new("heimdall", metrics::Level::INFO, None);
+pub(super) static META: Metadata<'static> = Metadata::new("heimdall", metrics::Level::INFO, None);
 
 fn key(name: &'static str, labels: &[(&'static str, &'static str)]) -> Key {
     Key::from_parts(
@@ -445,47 +388,5 @@ fn key(name: &'static str, labels: &[(&'static str, &'static str)]) -> Key {
     )
 }
 
-/// Methods outside the standard set share one label value.
-fn method_label(method: &Method) -> &'static str {
-    match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        _ => "other",
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn provider_model_pairs_are_capped() {
-        let m = Metrics::new();
-        let charge = Charge {
-            tokens: Some(1),
-            requests: Some(1),
-            cost: Some(1),
-        };
-        for i in 0..MAX_MODEL_SERIES + 10 {
-            m.charged("p", &format!("m{i}"), &charge);
-        }
-        let text = m.handle.render();
-        let series = text
-            .lines()
-            .filter(|l| l.starts_with("heimdall_usage_tokens_total{"))
-            .count();
-        assert_eq!(
-            series,
-            MAX_MODEL_SERIES + 1,
-            "the cap plus one _other series"
-        );
-        assert!(
-            text.contains("heimdall_usage_tokens_total{provider=\"_other\",model=\"_other\"} 10")
-        );
-    }
-}
+mod tests;

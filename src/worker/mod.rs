@@ -11,6 +11,7 @@
 //! - [`upkeep`]: idempotency keys in memory and in the database.
 
 mod commit;
+mod items;
 mod journal;
 mod signal;
 mod upkeep;

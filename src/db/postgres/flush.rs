@@ -12,9 +12,10 @@ use uuid::Uuid;
 use super::marks::{Mark, UPSERT_TAIL};
 use crate::db::dedup::key_block;
 use crate::db::flush::{
-    run_statements, sorted_rollups, Cell, Dialect, FlushWrites, Statement, BUDGET_SET,
-    CURRENT_USAGE_VERSION, RATE_LIMIT_SET, ROLLUP_ADD,
+    run_statements, Cell, Dialect, FlushWrites, Statement, BUDGET_SET, CURRENT_USAGE_VERSION,
+    RATE_LIMIT_SET,
 };
+use crate::db::rollups::{sorted_rollups, ROLLUP_ADD};
 use crate::db::{Conn, DbError};
 
 /// PostgreSQL's way of writing a flush's rows.
