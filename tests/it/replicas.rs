@@ -2,7 +2,7 @@
 //! each replica seeing the others within a flush interval, one reset per window, and
 //! configuration made on one replica usable on the others.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -25,10 +25,9 @@ async fn stop_all(apps: Vec<TestApp>) {
     }
 }
 
-/// Waits a few intervals, then flushes every replica twice: everything written is read back
-/// everywhere.
+/// Flushes every replica twice: the first round writes what each holds, the second reads
+/// back everywhere what the others wrote.
 async fn settle(apps: &[TestApp]) {
-    tokio::time::sleep(Duration::from_millis(500)).await;
     for _ in 0..2 {
         for app in apps {
             app.flush().await;

@@ -1,7 +1,7 @@
 //! Every validation failure is a 4xx JSON envelope that names the bad value and changes
 //! nothing; malformed requests of every kind get the envelope too.
 
-mod common;
+use crate::common;
 
 use common::{assert_error, config_for, TestApp, TestDb};
 use serde_json::json;

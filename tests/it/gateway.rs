@@ -1,7 +1,7 @@
 //! The gateway API over HTTP: checks with their statuses, bodies and Retry-After; usage with
 //! the streaming rules, idempotency and batches; input limits; gateway tokens.
 
-mod common;
+use crate::common;
 
 use common::{assert_error, config_for, with_tokens, Backend, TestApp, TestDb};
 use serde_json::{json, Value};

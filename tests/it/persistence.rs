@@ -2,7 +2,7 @@
 //! the usage of a budget whose limits change. PostgreSQL over TLS, as the URL's `sslmode`
 //! asks.
 
-mod common;
+use crate::common;
 
 use common::{config_for, TestApp, TestDb};
 use serde_json::{json, Value};

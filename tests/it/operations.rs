@@ -1,7 +1,7 @@
 //! What an operator sees: `/metrics` series that move with traffic, request ids, one access
 //! log line per request (text or JSON) without secrets, and connection limits and timeouts.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

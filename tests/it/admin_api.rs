@@ -1,7 +1,7 @@
 //! The admin API end to end on both backends: create, read, list (pagination, filters),
 //! update (PUT semantics), delete (cascades).
 
-mod common;
+use crate::common;
 
 use common::{assert_error, config_for, TestApp, TestDb};
 use serde_json::{json, Value};

@@ -4,7 +4,7 @@
 //! commits: every update acknowledged as durable is in the database exactly once. Each test
 //! runs its own throw-away PostgreSQL (initdb + pg_ctl).
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;

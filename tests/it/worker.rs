@@ -1,7 +1,7 @@
 //! The worker on both backends: nothing lost on restart or SIGTERM, idempotency across a
 //! restart, idle ticks that write nothing, and rollups that add up to the counters.
 
-mod common;
+use crate::common;
 
 use common::{assert_error, config_for, TestApp, TestDb};
 use serde_json::{json, Value};

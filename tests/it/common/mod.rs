@@ -1,8 +1,6 @@
 //! Test support: start the real app on port 0 against a fresh database of either backend,
 //! talk HTTP to it, restart it on the same database.
 
-#![allow(dead_code)]
-
 pub mod cluster;
 
 use std::io::Write;
@@ -301,7 +299,7 @@ macro_rules! on_both_backends {
     ($($scenario:ident),* $(,)?) => {
         $(
             mod $scenario {
-                use super::common::{Backend, TestDb};
+                use $crate::common::{Backend, TestDb};
 
                 #[tokio::test]
                 async fn sqlite() {

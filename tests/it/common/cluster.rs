@@ -66,12 +66,6 @@ fn pg(bin: &Path, tool: &str, args: &[&str]) -> bool {
 }
 
 impl Server {
-    /// A server that does not wait for the disk (a test's data need not survive the
-    /// machine).
-    pub fn start() -> Option<Server> {
-        Server::start_with(NO_FSYNC)
-    }
-
     /// A server with these settings (`-c name=value …`).
     pub fn start_with(settings: &str) -> Option<Server> {
         let bindir = Command::new("pg_config").arg("--bindir").output().ok()?;

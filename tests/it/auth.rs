@@ -1,7 +1,7 @@
 //! Bearer tokens: admin routes need an admin token, gateway tokens are refused there, the
 //! operational routes are public; without tokens the service only runs on loopback.
 
-mod common;
+use crate::common;
 
 use common::{assert_error, config_for, with_tokens, Backend, TestApp, TestDb};
 use heimdall::app::StartError;

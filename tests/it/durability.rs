@@ -1,7 +1,7 @@
 //! `ack = "durable"`: an acknowledged update is in the database, even when the process is
 //! killed with SIGKILL under load; no update is counted twice.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
