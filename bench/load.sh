@@ -9,6 +9,7 @@
 #   BENCH_POSTGRES=postgres://postgres@127.0.0.1:5432 bench/load.sh
 #                                     # on PostgreSQL: a fresh database there, dropped afterwards
 #   BENCH_POSTGRES_QUERY='?sslmode=disable' ...   # URL parameters for Heimdall's connections
+#   HEIMDALL_BIN=/path/to/heimdall bench/load.sh   # another build (an A/B against this one)
 # Batches come from a few senders (gateways flushing their buffers), so /v1/usage/batch is
 # driven by BATCH_CONNECTIONS (default 8) rather than the 64 connections of the per-request
 # endpoints.
@@ -25,7 +26,10 @@ LOG_LEVEL=${LOG_LEVEL:-warn}
 TOKEN=bench-token
 
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
-cargo build --release --locked --quiet
+if [ -z "${HEIMDALL_BIN:-}" ]; then
+    cargo build --release --locked --quiet
+fi
+BIN=${HEIMDALL_BIN:-./target/release/heimdall}
 work=$(mktemp -d)
 database_url="sqlite://$work/bench.db"
 bench_db=""
@@ -45,7 +49,7 @@ trap cleanup EXIT
 
 start_server() {
     HEIMDALL__AUTH__ADMIN_TOKENS=$TOKEN HEIMDALL__AUTH__GATEWAY_TOKENS=$TOKEN HEIMDALL__LOG_LEVEL=$LOG_LEVEL \
-        HEIMDALL__ACK=$1 ./target/release/heimdall serve --listen "127.0.0.1:$PORT" \
+        HEIMDALL__ACK=$1 "$BIN" serve --listen "127.0.0.1:$PORT" \
         --database-url "$database_url" 2>>"$work/heimdall.log" &
     pid=$!
     for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.2; done
