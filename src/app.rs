@@ -14,6 +14,7 @@ use crate::db::{flush, Db, DbError};
 use crate::domain::time::now_micros;
 use crate::engine::check::CheckPolicy;
 use crate::engine::dedup::Dedup;
+use crate::engine::holds::Holds;
 use crate::engine::rollup::Rollups;
 use crate::engine::Store;
 use crate::http::auth::Auth;
@@ -119,11 +120,26 @@ impl App {
         let dedup = Arc::new(dedup);
         let rollups = Arc::new(Rollups::default());
         let metrics = Arc::new(Metrics::new());
+        let holds = Arc::new(Holds::new(Holds::new_writer()));
+        // Holds placed before this start (by the process this one replaces, or by replicas)
+        // are counted from the start on; they end when settled, released or expired.
+        let stored = {
+            let mut conn = db.acquire().await?;
+            crate::db::holds::load(&mut conn).await?
+        };
+        if !stored.is_empty() {
+            let snapshot = store.snapshot();
+            holds.absorb(stored, &[], now_micros(), |kind, limit| {
+                crate::worker::counter_of(&snapshot, kind, limit)
+            });
+            tracing::info!(holds = holds.len(), "holds loaded");
+        }
         let worker = Worker::new(
             Arc::clone(&store),
             db.clone(),
             Arc::clone(&dedup),
             Arc::clone(&rollups),
+            Arc::clone(&holds),
             Arc::clone(&metrics),
             (config_version, usage_version),
         );
@@ -131,6 +147,7 @@ impl App {
             store,
             dedup,
             rollups,
+            holds,
             db,
             worker,
             policy: Arc::new(CheckPolicy {

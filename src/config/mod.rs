@@ -31,6 +31,12 @@ pub struct Config {
     /// Most idempotency keys held in memory (21-32 bytes each); past it the oldest go first
     /// and their window shortens. Keys held = update rate × `dedup_window`.
     pub dedup_max_keys: usize,
+    /// How long a hold lasts when a check's `reserve` names no `hold_ttl`.
+    #[serde(deserialize_with = "duration")]
+    pub hold_ttl: Duration,
+    /// The longest `hold_ttl` a check may ask for.
+    #[serde(deserialize_with = "duration")]
+    pub hold_max_ttl: Duration,
     /// Refuse checks that carry neither a known virtual key nor a user id.
     pub require_virtual_key: bool,
     /// Headers every check must carry (case-insensitive).
@@ -122,6 +128,8 @@ impl Default for Config {
             ack: AckMode::Buffered,
             dedup_window: Duration::from_secs(24 * 3600),
             dedup_max_keys: 30_000_000,
+            hold_ttl: Duration::from_secs(600),
+            hold_max_ttl: Duration::from_secs(3600),
             require_virtual_key: false,
             required_headers: Vec::new(),
             max_body_bytes: 1024 * 1024,
@@ -244,6 +252,9 @@ impl Config {
             // A request waiting on its handler moves no bytes; it must not count as idle.
             return bad("idle_timeout", "must be at least request_timeout");
         }
+        if self.hold_ttl > self.hold_max_ttl {
+            return bad("hold_ttl", "must be at most hold_max_ttl");
+        }
         if self.max_connections == 0 {
             return bad("max_connections", "must be at least 1");
         }
@@ -298,7 +309,7 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     parse_duration(&text).map_err(serde::de::Error::custom)
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if let Some(ms) = text.strip_suffix("ms") {
         if !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit()) {
             return match ms.parse::<u64>() {

@@ -9,6 +9,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::dedup::key_block;
+use super::holds::HoldWrites;
 use super::rollups::rollups_sql;
 use super::rows::parse_uuid;
 use super::{Conn, DbError};
@@ -293,6 +294,7 @@ pub struct FlushWrites<'a> {
     pub rates: &'a [RateLimitDelta],
     pub rollups: &'a [(RollupKey, RollupSums)],
     pub keys: &'a [(DedupKey, Micros)],
+    pub holds: HoldWrites<'a>,
 }
 
 impl FlushWrites<'_> {
@@ -307,6 +309,7 @@ impl FlushWrites<'_> {
             + self.rates.len()
             + self.rollups.len()
             + usize::from(!self.keys.is_empty())
+            + self.holds.rows()
     }
 
     /// The statements: window resets and usage deltas tagged with `version` (a number or an
@@ -322,6 +325,12 @@ impl FlushWrites<'_> {
             })
         });
         D::dedup_block(self.keys, &mut statements);
+        self.holds.statements(|sql| {
+            statements.push(Statement {
+                sql,
+                ..Statement::default()
+            })
+        });
         statements
     }
 }

@@ -37,6 +37,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         "dedup_blocks",
         include_str!("../../migrations/postgres/0006_dedup_blocks.sql"),
     ),
+    (
+        7,
+        "holds",
+        include_str!("../../migrations/postgres/0007_holds.sql"),
+    ),
 ];
 const SQLITE: &[(i64, &str, &str)] = &[
     (
@@ -53,6 +58,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         3,
         "dedup_blocks",
         include_str!("../../migrations/sqlite/0003_dedup_blocks.sql"),
+    ),
+    (
+        4,
+        "holds",
+        include_str!("../../migrations/sqlite/0004_holds.sql"),
     ),
 ];
 

@@ -6,6 +6,7 @@
 
 pub mod dedup;
 pub mod flush;
+pub mod holds;
 mod limits;
 mod load;
 mod migrate;

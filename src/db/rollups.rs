@@ -4,18 +4,11 @@ use std::fmt::Write as _;
 
 use uuid::Uuid;
 
-use super::rows::uuid_text;
+use super::rows::{text_literal, uuid_text};
 use crate::engine::rollup::{RollupKey, RollupSums};
 
 fn opt_id(id: Option<Uuid>) -> String {
     id.map(uuid_text).unwrap_or_default()
-}
-
-/// A SQL string literal. Quotes are doubled, which is the whole escaping both backends need
-/// (PostgreSQL with `standard_conforming_strings`, its default since 9.1). Values never
-/// contain NUL: the API rejects it.
-fn text_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// How a rollup row already there takes the new one's sums.
@@ -69,15 +62,4 @@ pub(super) fn sorted_rollups(rows: &[(RollupKey, RollupSums)]) -> Vec<&(RollupKe
     let mut rows: Vec<&(RollupKey, RollupSums)> = rows.iter().collect();
     rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     rows
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn text_literals_double_their_quotes() {
-        assert_eq!(text_literal("o'brien"), "'o''brien'");
-        assert_eq!(text_literal("a\\b"), "'a\\b'");
-    }
 }

@@ -45,6 +45,13 @@ pub fn parse_list_json(table: &'static str, text: &str) -> Result<Vec<String>, D
     serde_json::from_str(text).map_err(|e| corrupt(table, format!("bad list: {e}")))
 }
 
+/// A SQL string literal. Quotes are doubled, which is the whole escaping both backends need
+/// (PostgreSQL with `standard_conforming_strings`, its default since 9.1). Values never
+/// contain NUL: the API rejects it.
+pub fn text_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
 pub fn corrupt(table: &'static str, message: String) -> DbError {
     DbError::Corrupt { table, message }
 }
@@ -52,6 +59,12 @@ pub fn corrupt(table: &'static str, message: String) -> DbError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_literals_double_their_quotes() {
+        assert_eq!(text_literal("o'brien"), "'o''brien'");
+        assert_eq!(text_literal("a\\b"), "'a\\b'");
+    }
 
     #[test]
     fn hashes_round_trip_through_hex() {

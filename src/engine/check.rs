@@ -6,10 +6,22 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 pub use super::decision::{CheckInput, CheckPolicy, Decision, EntityRef, LimitCheck, Verdict};
+use uuid::Uuid;
+
+use super::counter::{Counter, CounterView};
 use super::entities::{Budget, Limits, ProviderConfig, RateLimit, VirtualKey};
 use super::level::{Level, LimitKind};
 use super::store::{ResolvedKey, Snapshot};
-use crate::domain::{Micros, Money};
+use crate::domain::{Micros, Money, WindowRule};
+
+/// `used`, with what holds set aside when there is any (`5 used + 3 held`).
+fn usage_text(used: i64, held: i64, show: impl Fn(i64) -> String) -> String {
+    if held == 0 {
+        show(used)
+    } else {
+        format!("{} used + {} held", show(used), show(held))
+    }
+}
 
 /// Request types that carry no model, so the model filter does not apply.
 const MODELLESS_REQUEST_TYPES: &[&str] = &["list_models", "mcp_tool_execution"];
@@ -27,81 +39,90 @@ impl<'a> Evaluator<'a> {
         }
     }
 
-    fn rate_limit(&mut self, level: Level, id: EntityRef<'a>, rl: &RateLimit) {
+    fn rate_limit(&mut self, level: Level, id: EntityRef<'a>, rl: &'a RateLimit) {
         let mut tokens = None;
         let mut requests = None;
         if let Some(max) = rl.spec.tokens.max {
-            let v = rl.token_view(self.now);
-            let exceeded = v.used >= max;
-            self.push(
+            let rule = rl.token_rule();
+            let v = rl.tokens.view(rule, self.now);
+            let exceeded = self.push(
                 level,
                 id,
                 LimitKind::Tokens,
-                v.used,
+                v,
                 max,
-                v.resets_at,
-                exceeded,
+                rl.id,
+                &rl.tokens,
+                rule,
             );
-            tokens = exceeded.then_some((v.used, max, v.resets_at));
+            tokens = exceeded.then_some((v, max));
         }
         if let Some(max) = rl.spec.requests.max {
-            let v = rl.request_view(self.now);
-            let exceeded = v.used >= max;
-            self.push(
+            let rule = rl.request_rule();
+            let v = rl.requests.view(rule, self.now);
+            let exceeded = self.push(
                 level,
                 id,
                 LimitKind::Requests,
-                v.used,
+                v,
                 max,
-                v.resets_at,
-                exceeded,
+                rl.id,
+                &rl.requests,
+                rule,
             );
-            requests = exceeded.then_some((v.used, max, v.resets_at));
+            requests = exceeded.then_some((v, max));
         }
         let label = level.label();
         match (tokens, requests) {
             (None, None) => {}
-            (Some((u, m, at)), None) => self.fail(
+            (Some((t, m)), None) => self.fail(
                 Verdict::TokenLimited,
-                format!("Rate limit exceeded: {label} token limit exceeded: {u} >= {m} tokens"),
-                Some(at),
+                format!(
+                    "Rate limit exceeded: {label} token limit exceeded: {} >= {m} tokens",
+                    usage_text(t.used, t.held, |n| n.to_string())
+                ),
+                Some(t.resets_at),
             ),
-            (None, Some((u, m, at))) => self.fail(
+            (None, Some((r, m))) => self.fail(
                 Verdict::RequestLimited,
-                format!("Rate limit exceeded: {label} request limit exceeded: {u} >= {m} requests"),
-                Some(at),
+                format!(
+                    "Rate limit exceeded: {label} request limit exceeded: {} >= {m} requests",
+                    usage_text(r.used, r.held, |n| n.to_string())
+                ),
+                Some(r.resets_at),
             ),
-            (Some((tu, tm, ta)), Some((ru, rm, ra))) => self.fail(
+            (Some((t, tm)), Some((r, rm))) => self.fail(
                 Verdict::RateLimited,
                 format!(
                     "Rate limit exceeded: {label} token and request limits exceeded: \
-                     {tu} >= {tm} tokens, {ru} >= {rm} requests"
+                     {} >= {tm} tokens, {} >= {rm} requests",
+                    usage_text(t.used, t.held, |n| n.to_string()),
+                    usage_text(r.used, r.held, |n| n.to_string())
                 ),
-                Some(ta.max(ra)),
+                Some(t.resets_at.max(r.resets_at)),
             ),
         }
     }
 
-    fn budget(&mut self, level: Level, id: EntityRef<'a>, b: &Budget) {
+    fn budget(&mut self, level: Level, id: EntityRef<'a>, b: &'a Budget) {
         let v = b.view(self.now);
         let max = b.spec.max.nanos();
-        let exceeded = v.used >= max;
-        self.push(
+        if self.push(
             level,
             id,
             LimitKind::Budget,
-            v.used,
+            v,
             max,
-            v.resets_at,
-            exceeded,
-        );
-        if exceeded {
+            b.id,
+            &b.counter,
+            &b.rule,
+        ) {
             self.fail(
                 Verdict::BudgetExceeded,
                 format!(
                     "Budget exceeded: {} budget exceeded: {} >= {} dollars",
                     level.label(),
-                    Money::from_nanos(v.used),
+                    usage_text(v.used, v.held, |n| Money::from_nanos(n).to_string()),
                     b.spec.max
                 ),
                 Some(v.resets_at),
@@ -109,26 +130,34 @@ impl<'a> Evaluator<'a> {
         }
     }
 
+    /// Records one evaluated counter; whether it is exhausted (held capacity counts as used).
     #[allow(clippy::too_many_arguments)]
     fn push(
         &mut self,
         level: Level,
         id: EntityRef<'a>,
         kind: LimitKind,
-        used: i64,
+        v: CounterView,
         max: i64,
-        resets_at: Micros,
-        exceeded: bool,
-    ) {
+        limit: Uuid,
+        counter: &'a Arc<Counter>,
+        rule: &'a WindowRule,
+    ) -> bool {
+        let exceeded = v.used.saturating_add(v.held) >= max;
         self.checks.push(LimitCheck {
             level,
             id,
             kind,
-            used,
+            used: v.used,
+            held: v.held,
             max,
-            resets_at,
+            resets_at: v.resets_at,
             exceeded,
+            limit,
+            counter,
+            rule,
         });
+        exceeded
     }
 
     fn rate_limit_of(&mut self, level: Level, id: EntityRef<'a>, limits: &'a Limits) {
@@ -221,6 +250,7 @@ pub fn check<'a>(
         include_only_key_ids: &[],
         checks,
         retry_at: None,
+        hold: None,
     };
 
     // 1. Required headers.
@@ -340,5 +370,6 @@ pub fn check<'a>(
         include_only_key_ids,
         checks: ev.checks,
         retry_at,
+        hold: None,
     }
 }

@@ -34,6 +34,10 @@ pub struct Counter {
     /// Set when usage is added, cleared by the flush that takes it: a counter is queued for
     /// the next flush once per flush, not once per increment.
     dirty: [AtomicBool; 2],
+    /// Capacity this process's holds set aside (requests in flight); windows do not clear it.
+    held: AtomicI64,
+    /// Capacity other replicas' holds set aside, as far as this process has learned them.
+    foreign_held: AtomicI64,
     /// Serialises window changes with the flush bookkeeping. Taken only when a window ends
     /// (once per window) and by the worker; plain increments never take it.
     window: Mutex<()>,
@@ -44,6 +48,8 @@ pub struct Counter {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CounterView {
     pub used: i64,
+    /// Set aside by holds (any replica's): not usage, but no longer free.
+    pub held: i64,
     pub last_reset: Micros,
     pub resets_at: Micros,
 }
@@ -69,6 +75,8 @@ impl Counter {
             base: AtomicI64::new(used),
             persisted_start: AtomicI64::new(last_reset),
             dirty: [AtomicBool::new(false), AtomicBool::new(false)],
+            held: AtomicI64::new(0),
+            foreign_held: AtomicI64::new(0),
             window: Mutex::new(()),
         }
     }
@@ -81,9 +89,11 @@ impl Counter {
     pub fn view(&self, rule: &WindowRule, now: Micros) -> CounterView {
         let start = self.start.load(Ordering::Acquire);
         let end = self.end.load(Ordering::Acquire);
+        let held = self.held();
         if now < end {
             return CounterView {
                 used: self.used(),
+                held,
                 last_reset: start,
                 resets_at: end,
             };
@@ -91,9 +101,25 @@ impl Counter {
         let rolled = rule.roll(start, now).unwrap_or(start);
         CounterView {
             used: 0,
+            held,
             last_reset: rolled,
             resets_at: rule.end_of(rolled),
         }
+    }
+
+    /// Capacity set aside by holds, this process's and the others' it knows of.
+    pub fn held(&self) -> i64 {
+        self.held.load(Ordering::Acquire) + self.foreign_held.load(Ordering::Acquire)
+    }
+
+    /// Sets aside `amount` for one of this process's holds (negative: gives it back).
+    pub fn hold(&self, amount: i64) {
+        self.held.fetch_add(amount, Ordering::AcqRel);
+    }
+
+    /// Counts (or, negative, stops counting) `amount` of another replica's hold.
+    pub fn hold_foreign(&self, amount: i64) {
+        self.foreign_held.fetch_add(amount, Ordering::AcqRel);
     }
 
     fn used(&self) -> i64 {

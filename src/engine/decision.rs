@@ -8,8 +8,10 @@ use uuid::Uuid;
 use super::level::{Level, LimitKind};
 use std::sync::Arc;
 
+use super::counter::Counter;
+use super::holds::Hold;
 use super::store::ResolvedKey;
-use crate::domain::Micros;
+use crate::domain::{Micros, WindowRule};
 
 /// What a gateway asks about.
 #[derive(Debug, Default, Clone, Copy)]
@@ -85,16 +87,22 @@ pub enum EntityRef<'a> {
 }
 
 /// One limit the check evaluated.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct LimitCheck<'a> {
     pub level: Level,
     pub id: EntityRef<'a>,
     pub kind: LimitKind,
     /// Nano-dollars for budgets, tokens or requests otherwise.
     pub used: i64,
+    /// Set aside by holds, in the same unit.
+    pub held: i64,
     pub max: i64,
     pub resets_at: Micros,
     pub exceeded: bool,
+    /// The budget's or rate limit's id, its counter and window (what a reserve holds).
+    pub limit: Uuid,
+    pub counter: &'a Arc<Counter>,
+    pub rule: &'a WindowRule,
 }
 
 /// The answer to a check.
@@ -108,4 +116,6 @@ pub struct Decision<'a> {
     pub checks: Vec<LimitCheck<'a>>,
     /// When the blocking window ends (429 and 402).
     pub retry_at: Option<Micros>,
+    /// The hold a reserve placed (or found placed already).
+    pub hold: Option<Arc<Hold>>,
 }

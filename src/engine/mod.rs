@@ -9,6 +9,7 @@ pub mod dedup;
 pub mod delta;
 pub mod dirty;
 pub mod entities;
+pub mod holds;
 pub mod level;
 pub mod rollup;
 pub mod store;

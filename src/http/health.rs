@@ -99,6 +99,7 @@ fn gauges(state: &AppState) -> Gauges {
         entities,
         dedup_keys: state.dedup.len(),
         dedup_bytes: state.dedup.bytes(),
+        holds: state.holds.len(),
         dedup_evicted: state.dedup.evicted(),
         dedup_unwritten: state.dedup.unqueued(),
     }

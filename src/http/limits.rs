@@ -105,6 +105,8 @@ pub struct BudgetView {
     pub timezone: String,
     /// Dollars used in the current window (0 once the window has expired).
     pub current_usage: f64,
+    /// Dollars set aside by holds of requests in flight (not usage; counts as used).
+    pub current_held: f64,
     #[serde(serialize_with = "serialize_rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub last_reset: Micros,
@@ -129,6 +131,7 @@ impl BudgetView {
             calendar_aligned: b.spec.calendar_aligned,
             timezone: b.spec.timezone.name().to_owned(),
             current_usage: crate::domain::Money::from_nanos(v.used).to_usd(),
+            current_held: crate::domain::Money::from_nanos(v.held).to_usd(),
             last_reset: v.last_reset,
             resets_at: v.resets_at,
             created_at: b.created_at,
@@ -145,6 +148,8 @@ pub struct RateLimitView {
     pub token_max_limit: Option<i64>,
     pub token_reset_duration: Option<String>,
     pub token_current_usage: i64,
+    /// Tokens set aside by holds of requests in flight.
+    pub token_current_held: i64,
     #[serde(serialize_with = "serialize_rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub token_last_reset: Micros,
@@ -154,6 +159,8 @@ pub struct RateLimitView {
     pub request_max_limit: Option<i64>,
     pub request_reset_duration: Option<String>,
     pub request_current_usage: i64,
+    /// Requests set aside by holds of requests in flight.
+    pub request_current_held: i64,
     #[serde(serialize_with = "serialize_rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub request_last_reset: Micros,
@@ -182,6 +189,7 @@ impl RateLimitView {
                 .as_ref()
                 .map(|d| d.as_str().to_owned()),
             token_current_usage: t.used,
+            token_current_held: t.held,
             token_last_reset: t.last_reset,
             token_resets_at: r.token_rule.as_ref().map(|_| t.resets_at),
             request_max_limit: r.spec.requests.max,
@@ -192,6 +200,7 @@ impl RateLimitView {
                 .as_ref()
                 .map(|d| d.as_str().to_owned()),
             request_current_usage: q.used,
+            request_current_held: q.held,
             request_last_reset: q.last_reset,
             request_resets_at: r.request_rule.as_ref().map(|_| q.resets_at),
             created_at: r.created_at,

@@ -9,6 +9,7 @@ pub mod customers;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod holds;
 pub mod limits;
 pub mod model_configs;
 pub mod observe;
@@ -70,6 +71,7 @@ fn api_router(batch_max_body_bytes: usize) -> OpenApiRouter<AppState> {
         .merge(health::router())
         .merge(check::router())
         .merge(usage::router(batch_max_body_bytes))
+        .merge(holds::router())
         .merge(customers::router())
         .merge(teams::router())
         .merge(virtual_keys::router())

@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::engine::check::CheckPolicy;
 use crate::engine::dedup::Dedup;
+use crate::engine::holds::Holds;
 use crate::engine::rollup::Rollups;
 use crate::engine::Store;
 use crate::http::auth::Auth;
@@ -33,6 +34,8 @@ pub struct SharedState {
     pub dedup: Arc<Dedup>,
     /// Hourly usage not yet flushed.
     pub rollups: Arc<Rollups>,
+    /// Capacity set aside for requests in flight.
+    pub holds: Arc<Holds>,
     /// The database; admin changes are written through to it before they reach the store.
     pub db: Db,
     /// The background worker's handle: durable acknowledgements, the configuration lock,

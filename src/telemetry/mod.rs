@@ -62,6 +62,9 @@ const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ("heimdall_pending_deltas", "gauge", "Counters holding usage not yet written to the database."),
     ("heimdall_database_up", "gauge", "1 when the last flush reached the database, 0 otherwise."),
     ("heimdall_entities", "gauge", "Entities loaded in memory, by kind."),
+    ("heimdall_holds", "gauge", "Holds this replica counts (its own and other replicas' it learned from the database): capacity set aside for requests in flight."),
+    ("heimdall_hold_events_total", "counter", "Holds by event: placed, refused (a reserve without room), settled (by their usage), released (early, or through another replica), expired (TTL over)."),
+    ("heimdall_hold_overruns_total", "counter", "Settled holds whose usage exceeded what they reserved, by what: cost or tokens."),
     ("heimdall_dedup_keys", "gauge", "Idempotency keys held in memory (at most dedup_max_keys)."),
     ("heimdall_dedup_bytes", "gauge", "Bytes the idempotency keys take in memory: their tables and the queue to the database."),
     ("heimdall_dedup_keys_evicted_total", "counter", "Idempotency keys dropped before their window ended because dedup_max_keys was reached, oldest first."),
@@ -96,6 +99,10 @@ pub struct Metrics {
     entities: Vec<(&'static str, Gauge)>,
     dedup_keys: Gauge,
     dedup_bytes: Gauge,
+    holds: Gauge,
+    hold_events: Vec<Counter>,
+    hold_overrun_cost: Counter,
+    hold_overrun_tokens: Counter,
     dedup_evicted: Counter,
     dedup_unwritten: Counter,
 }
@@ -191,6 +198,13 @@ impl Metrics {
             pending: gauge("heimdall_pending_deltas", &[]),
             database_up: gauge("heimdall_database_up", &[]),
             dedup_keys: gauge("heimdall_dedup_keys", &[]),
+            holds: gauge("heimdall_holds", &[]),
+            hold_events: HOLD_EVENTS
+                .iter()
+                .map(|e| counter("heimdall_hold_events_total", &[("event", e.label())]))
+                .collect(),
+            hold_overrun_cost: counter("heimdall_hold_overruns_total", &[("what", "cost")]),
+            hold_overrun_tokens: counter("heimdall_hold_overruns_total", &[("what", "tokens")]),
             dedup_bytes: gauge("heimdall_dedup_bytes", &[]),
             dedup_evicted: counter("heimdall_dedup_keys_evicted_total", &[]),
             dedup_unwritten: counter("heimdall_dedup_keys_unwritten_total", &[]),
@@ -288,6 +302,23 @@ impl Metrics {
         self.journal_folded.increment(rows.journal_folded as u64);
     }
 
+    /// Counts one hold event.
+    pub fn hold_event(&self, event: HoldEvent) {
+        if let Some(i) = HOLD_EVENTS.iter().position(|e| *e == event) {
+            self.hold_events[i].increment(1);
+        }
+    }
+
+    /// Counts a settle whose usage exceeded the reservation.
+    pub fn hold_overrun(&self, cost: bool, tokens: bool) {
+        if cost {
+            self.hold_overrun_cost.increment(1);
+        }
+        if tokens {
+            self.hold_overrun_tokens.increment(1);
+        }
+    }
+
     /// Records how a commit whose outcome was unknown was settled.
     pub fn commit_resolved(&self, committed: bool) {
         if committed {
@@ -312,10 +343,41 @@ impl Metrics {
             gauge.set(n as f64);
         }
         self.dedup_keys.set(now.dedup_keys as f64);
+        self.holds.set(now.holds as f64);
         self.dedup_bytes.set(now.dedup_bytes as f64);
         self.dedup_evicted.absolute(now.dedup_evicted);
         self.dedup_unwritten.absolute(now.dedup_unwritten);
         self.handle.render()
+    }
+}
+
+/// What happened to a hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldEvent {
+    Placed,
+    Refused,
+    Settled,
+    Released,
+    Expired,
+}
+
+const HOLD_EVENTS: [HoldEvent; 5] = [
+    HoldEvent::Placed,
+    HoldEvent::Refused,
+    HoldEvent::Settled,
+    HoldEvent::Released,
+    HoldEvent::Expired,
+];
+
+impl HoldEvent {
+    fn label(self) -> &'static str {
+        match self {
+            HoldEvent::Placed => "placed",
+            HoldEvent::Refused => "refused",
+            HoldEvent::Settled => "settled",
+            HoldEvent::Released => "released",
+            HoldEvent::Expired => "expired",
+        }
     }
 }
 
@@ -328,6 +390,7 @@ pub struct Gauges {
     pub entities: [usize; 6],
     pub dedup_keys: usize,
     pub dedup_bytes: usize,
+    pub holds: usize,
     pub dedup_evicted: u64,
     pub dedup_unwritten: u64,
 }

@@ -8,11 +8,13 @@ use std::sync::Arc;
 use super::items::Items;
 use super::{FlushReport, Worker};
 use crate::db::flush::{self, BudgetDelta, RateLimitDelta};
+use crate::db::holds::HoldWrites;
 use crate::db::postgres::journal;
 use crate::db::postgres::marks::{self, Mark};
 use crate::db::{Db, DbError};
 use crate::domain::time::now_micros;
 use crate::engine::dirty::Dirty;
+use crate::engine::holds::Hold;
 use crate::engine::{Budget, RateLimit};
 
 /// The largest group commit (counters, rollups and keys) that goes to the journal; a larger
@@ -97,6 +99,7 @@ impl Worker {
         let mut items = Items::collect(budgets.iter(), rates.iter(), now, side);
         items.rollups = rollups;
         items.keys = keys;
+        items.holds = self.holds.take_changes();
         let report = self.write_items(items, target).await?;
         self.signal.durable.send_if_modified(|done| {
             let advanced = covered > *done;
@@ -205,6 +208,7 @@ impl Worker {
         }
         self.rollups.restore(to, items.rollups);
         self.dedup.restore_unsaved(to, items.keys);
+        self.holds.restore(items.holds);
     }
 
     /// A durable group commit in the middle of a full tick, for writers that wait (the
@@ -252,11 +256,24 @@ impl Worker {
                 requests: *q,
             })
             .collect();
+        let me = self.holds.writer();
+        let notes: Vec<Arc<Hold>> = items
+            .holds
+            .ended
+            .iter()
+            .filter(|h| h.writer != me)
+            .cloned()
+            .collect();
         let writes = flush::FlushWrites {
             budgets: &budgets,
             rates: &rates,
             rollups: &items.rollups,
             keys: &items.keys,
+            holds: HoldWrites {
+                placed: &items.holds.placed,
+                ended: &items.holds.ended,
+                notes: &notes,
+            },
         };
         let journaled = self.db.journals()
             && match target {

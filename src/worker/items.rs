@@ -9,6 +9,7 @@ use crate::engine::capture::Side;
 use crate::engine::counter::{Counter, FlushItem};
 use crate::engine::dedup::DedupKey;
 use crate::engine::delta::Delta;
+use crate::engine::holds::HoldChanges;
 use crate::engine::rollup::{RollupKey, RollupSums};
 use crate::engine::{Budget, RateLimit};
 
@@ -22,6 +23,8 @@ pub(super) struct Items {
     pub(super) rates: Vec<(Arc<RateLimit>, FlushItem, FlushItem)>,
     pub(super) rollups: Vec<(RollupKey, RollupSums)>,
     pub(super) keys: Vec<(DedupKey, Micros)>,
+    /// Holds placed and ended since the last write.
+    pub(super) holds: HoldChanges,
 }
 
 impl Items {
@@ -96,6 +99,8 @@ impl Items {
         self.rates.append(&mut other.rates);
         self.rollups.append(&mut other.rollups);
         self.keys.append(&mut other.keys);
+        self.holds.placed.append(&mut other.holds.placed);
+        self.holds.ended.append(&mut other.holds.ended);
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -103,5 +108,6 @@ impl Items {
             && self.rates.is_empty()
             && self.rollups.is_empty()
             && self.keys.is_empty()
+            && self.holds.is_empty()
     }
 }

@@ -33,11 +33,11 @@ pub struct Journal {
     unfolded: std::sync::Mutex<Unfolded>,
 }
 
-impl Default for Journal {
-    fn default() -> Self {
+impl Journal {
+    /// The journal of the process whose writer id is `writer`.
+    pub fn new(writer: i64) -> Self {
         Journal {
-            // Positive and never 0 (0 is nobody: a fold at startup).
-            writer: (rand::random::<u64>() >> 1).max(1) as i64,
+            writer,
             commits: AtomicI64::new(0),
             unfolded: std::sync::Mutex::default(),
         }

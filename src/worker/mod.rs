@@ -25,13 +25,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::db::postgres::journal as db_journal;
 use crate::db::{Db, DbError};
+use crate::domain::time::now_micros;
 use crate::engine::dedup::Dedup;
+use crate::engine::holds::Holds;
 use crate::engine::rollup::Rollups;
 use crate::engine::Store;
-use crate::telemetry::{FlushRows, Metrics};
+use crate::telemetry::{FlushRows, HoldEvent, Metrics};
 use commit::Target;
 use journal::Journal;
 use signal::FlushSignal;
+pub(crate) use versions::counter_of;
 use versions::Versions;
 
 /// What one tick did.
@@ -93,6 +96,7 @@ pub struct Worker {
     /// Held for the whole of a flush: two at once would both write a counter's delta.
     flushing: Arc<tokio::sync::Mutex<()>>,
     journal: Arc<Journal>,
+    holds: Arc<Holds>,
     /// The commit whose outcome a failure left unknown, with what it carried.
     unresolved: Arc<std::sync::Mutex<Option<commit::Attempt>>>,
     metrics: Arc<Metrics>,
@@ -105,6 +109,7 @@ impl Worker {
         db: Db,
         dedup: Arc<Dedup>,
         rollups: Arc<Rollups>,
+        holds: Arc<Holds>,
         metrics: Arc<Metrics>,
         loaded_at: (i64, i64),
     ) -> Worker {
@@ -120,7 +125,8 @@ impl Worker {
             db_up: Arc::new(AtomicBool::new(true)),
             config_lock: Arc::new(tokio::sync::Mutex::new(())),
             flushing: Arc::new(tokio::sync::Mutex::new(())),
-            journal: Arc::new(Journal::default()),
+            journal: Arc::new(Journal::new(holds.writer())),
+            holds,
             unresolved: Arc::default(),
             metrics,
         }
@@ -183,6 +189,9 @@ impl Worker {
     /// read-back of other replicas' usage and a reload when the configuration changed
     /// elsewhere.
     async fn full_tick(&self) -> Result<FlushReport, DbError> {
+        for _ in self.holds.expire(now_micros()) {
+            self.metrics.hold_event(HoldEvent::Expired);
+        }
         let mut report = {
             let _one_at_a_time = self.flushing.lock().await;
             self.write_everything().await?

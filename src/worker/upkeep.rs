@@ -38,6 +38,8 @@ impl Worker {
                 break;
             }
         }
+        // Holds and notes an hour past their TTL: their writers are gone or long done.
+        crate::db::holds::purge(&mut conn, now_micros() - HOLDS_KEPT).await?;
         if ticks % PURGE_EVERY == 0 && self.db.journals() {
             marks::purge(&mut conn, now_micros() - MARKS_KEPT).await?;
         }
@@ -52,6 +54,10 @@ const PURGE_BATCHES: usize = 10;
 /// How long the commit mark of a process that stopped committing is kept: far longer than any
 /// commit can take to be settled.
 const MARKS_KEPT: Micros = 7 * 24 * 3600 * 1_000_000;
+
+/// How long after its TTL a hold's row (or note) is kept for processes that have not expired
+/// it themselves.
+const HOLDS_KEPT: Micros = 3600 * 1_000_000;
 
 /// Purge old commit marks every this many ticks.
 pub(super) const PURGE_EVERY: u64 = 300;

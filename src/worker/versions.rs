@@ -11,9 +11,21 @@ use super::journal::Dim;
 use super::{FlushReport, Worker};
 use crate::db::flush;
 use crate::db::DbError;
+use crate::domain::time::now_micros;
 use crate::domain::Micros;
+use crate::engine::counter::Counter;
 use crate::engine::delta;
-use crate::engine::{Budget, RateLimit};
+use crate::engine::level::LimitKind;
+use crate::engine::{Budget, RateLimit, Snapshot};
+
+/// The counter of `kind` of the limit `limit` in `s`.
+pub(crate) fn counter_of(s: &Snapshot, kind: LimitKind, limit: Uuid) -> Option<Arc<Counter>> {
+    match kind {
+        LimitKind::Budget => s.find_budget(limit).map(|b| Arc::clone(&b.counter)),
+        LimitKind::Tokens => s.find_rate_limit(limit).map(|r| Arc::clone(&r.tokens)),
+        LimitKind::Requests => s.find_rate_limit(limit).map(|r| Arc::clone(&r.requests)),
+    }
+}
 
 /// The versions this process has seen of the shared clock.
 #[derive(Debug, Default)]
@@ -116,7 +128,13 @@ impl Worker {
             }
             report.counters_read_back = budget_totals.len() + rate_totals.len();
         }
+        let holds = crate::db::holds::load(&mut tx).await?;
+        let ended = crate::db::holds::ended_elsewhere(&mut tx, self.holds.writer()).await?;
         tx.commit().await?;
+        self.holds
+            .absorb(holds, &ended, now_micros(), |kind, limit| {
+                counter_of(&snapshot, kind, limit)
+            });
         drop(conn);
         self.versions
             .usage

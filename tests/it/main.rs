@@ -10,6 +10,7 @@ mod admin_api;
 mod auth;
 mod durability;
 mod gateway;
+mod holds;
 mod operations;
 mod outage;
 mod persistence;

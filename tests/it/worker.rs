@@ -661,6 +661,7 @@ async fn a_failed_one_round_trip_commit_changes_nothing_and_leaves_the_connectio
         rates: &[],
         rollups,
         keys: &[],
+        holds: Default::default(),
     };
     let mut conn = heimdall_db.acquire_writer().await.unwrap();
     let failed = heimdall_db
@@ -739,6 +740,7 @@ async fn replicas_adding_to_the_same_rollups_in_opposite_orders_both_commit(db: 
                 rates: &[],
                 rollups: &rollups,
                 keys: &[],
+                holds: Default::default(),
             };
             db.commit_flush(&mut conn, writes, None).await
         }
@@ -828,6 +830,7 @@ async fn flushed_values_arrive_exactly_on_both_statement_paths(db: &TestDb) {
             rates: &[],
             rollups: &rollups,
             keys: &keys,
+            holds: Default::default(),
         };
         let version = heimdall_db
             .commit_flush(&mut conn, writes, None)
@@ -928,6 +931,7 @@ async fn the_postgres_flush_connection_is_kept_and_replaced_when_the_server_drop
         rates: &[],
         rollups: &[],
         keys: &[(7, 9_000)],
+        holds: Default::default(),
     };
     heimdall_db
         .commit_flush(kept.conn(), writes, None)
@@ -957,6 +961,7 @@ async fn commit_marks_tell_a_commit_that_happened_from_one_fenced_off() {
         rates: &[],
         rollups: &[],
         keys: &[],
+        holds: Default::default(),
     };
     let mark = |seq| Mark {
         writer: 42,
@@ -1036,6 +1041,7 @@ async fn commit_marks_tell_a_commit_that_happened_from_one_fenced_off() {
         .collect();
     let large = FlushWrites {
         keys: &many,
+        holds: Default::default(),
         rollups: &rollups,
         ..writes
     };

@@ -2,17 +2,20 @@
 //! into one write (one delta per counter, one sum per rollup row, each key once) for a fold.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::db::dedup::{join_key, split_key};
 use crate::db::flush::{BudgetDelta, FlushWrites, RateLimitDelta};
+use crate::db::holds::{HoldWrites, StoredHold};
 use crate::db::DbError;
 use crate::domain::Micros;
 use crate::engine::counter::FlushItem;
 use crate::engine::dedup::DedupKey;
 use crate::engine::delta::{self, Delta};
+use crate::engine::holds::Hold;
 use crate::engine::rollup::{RollupKey, RollupSums};
 
 /// The format of entries this build writes; entries of another format are refused by folds.
@@ -48,6 +51,13 @@ pub(super) struct Entry {
     /// Idempotency keys: the two halves of the key, expiry.
     #[serde(default)]
     k: Vec<(i64, i64, Micros)>,
+    /// Holds placed, holds ended, and ended holds of other processes (notes for them).
+    #[serde(default)]
+    h: Vec<StoredHold>,
+    #[serde(default)]
+    x: Vec<StoredHold>,
+    #[serde(default)]
+    n: Vec<StoredHold>,
 }
 
 impl Entry {
@@ -98,6 +108,24 @@ impl Entry {
                     (hi, lo, *expires)
                 })
                 .collect(),
+            h: writes
+                .holds
+                .placed
+                .iter()
+                .map(|h| StoredHold::of(h))
+                .collect(),
+            x: writes
+                .holds
+                .ended
+                .iter()
+                .map(|h| StoredHold::of(h))
+                .collect(),
+            n: writes
+                .holds
+                .notes
+                .iter()
+                .map(|h| StoredHold::of(h))
+                .collect(),
         }
     }
 }
@@ -115,10 +143,24 @@ pub(super) struct Merged {
     rates: HashMap<Uuid, (Delta, Delta)>,
     rollups: BTreeMap<RollupKey, RollupSums>,
     keys: HashMap<DedupKey, Micros>,
+    /// In the order of the entries: a hold placed in one and ended in a later one goes in,
+    /// then out.
+    placed: Vec<Arc<Hold>>,
+    ended: Vec<Arc<Hold>>,
+    notes: Vec<Arc<Hold>>,
 }
 
 impl Merged {
-    pub(super) fn add(&mut self, entry: Entry) {
+    pub(super) fn add(&mut self, entry: Entry) -> Result<(), DbError> {
+        for (list, stored) in [
+            (&mut self.placed, entry.h),
+            (&mut self.ended, entry.x),
+            (&mut self.notes, entry.n),
+        ] {
+            for h in stored {
+                list.push(Arc::new(h.hold()?));
+            }
+        }
         for (id, start, delta) in entry.b {
             self.budgets
                 .entry(id)
@@ -153,6 +195,7 @@ impl Merged {
             let expiry = self.keys.entry(join_key(hi, lo)).or_insert(expires);
             *expiry = (*expiry).max(expires);
         }
+        Ok(())
     }
 
     pub(super) fn writes(self) -> OwnedWrites {
@@ -178,6 +221,9 @@ impl Merged {
                 .collect(),
             rollups: self.rollups.into_iter().collect(),
             keys: self.keys.into_iter().collect(),
+            placed: self.placed,
+            ended: self.ended,
+            notes: self.notes,
         }
     }
 }
@@ -187,6 +233,9 @@ pub(super) struct OwnedWrites {
     rates: Vec<RateLimitDelta>,
     rollups: Vec<(RollupKey, RollupSums)>,
     keys: Vec<(DedupKey, Micros)>,
+    placed: Vec<Arc<Hold>>,
+    ended: Vec<Arc<Hold>>,
+    notes: Vec<Arc<Hold>>,
 }
 
 impl OwnedWrites {
@@ -196,6 +245,11 @@ impl OwnedWrites {
             rates: &self.rates,
             rollups: &self.rollups,
             keys: &self.keys,
+            holds: HoldWrites {
+                placed: &self.placed,
+                ended: &self.ended,
+                notes: &self.notes,
+            },
         }
     }
 }
@@ -238,10 +292,11 @@ mod tests {
             rates: &[],
             rollups: &rollups,
             keys: &keys,
+            holds: Default::default(),
         };
         let text = serde_json::to_string(&Entry::of(&writes)).unwrap();
         let mut merged = Merged::default();
-        merged.add(serde_json::from_str(&text).unwrap());
+        merged.add(serde_json::from_str(&text).unwrap()).unwrap();
         let back = merged.writes();
         assert_eq!(back.budgets.len(), 1);
         assert_eq!(

@@ -69,7 +69,8 @@ pub async fn commit(
     writes: FlushWrites<'_>,
     mark: Option<Mark>,
 ) -> Result<i64, DbError> {
-    if writes.rows() <= PREPARED_MAX_ROWS {
+    // Holds go as statements of their own: the prepared statement has no place for them.
+    if writes.rows() <= PREPARED_MAX_ROWS && writes.holds.is_empty() {
         return commit_prepared(c, writes, mark).await;
     }
     let mut statements = writes.statements::<Postgres>(CURRENT_USAGE_VERSION);

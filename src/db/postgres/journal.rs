@@ -209,7 +209,7 @@ fn prepare(entries: Vec<(i64, String)>) -> Result<Prepared, DbError> {
                 entry.v
             )));
         }
-        merged.add(entry);
+        merged.add(entry)?;
     }
     let writes = merged.writes();
     Ok(Prepared::new(writes.as_flush()))

@@ -14,11 +14,16 @@ use uuid::Uuid;
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::ApiJson;
+use crate::config::{AckMode, Config};
 use crate::domain::time::{now_micros, serialize_rfc3339, write_rfc3339, MICROS_PER_SECOND};
 use crate::domain::{Micros, Money};
+use crate::engine::check::Verdict;
 use crate::engine::check::{check, CheckInput, Decision, EntityRef, LimitCheck};
+use crate::engine::holds::{self, Amounts, Hold};
 use crate::engine::level::{Level, LimitKind};
 use crate::http::state::AppState;
+use crate::http::usage::DURABLE_TIMEOUT;
+use crate::telemetry::HoldEvent;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(check_request))
@@ -41,7 +46,29 @@ pub struct CheckRequest {
     pub request_type: Option<String>,
     /// The request's headers, for the `required_headers` rule.
     pub headers: Option<HashMap<String, String>>,
+    /// Needed with `reserve`: the hold is the request's (and `attempt`'s).
     pub request_id: Option<String>,
+    /// The attempt of `request_id` (default 0), as usage reports it.
+    #[schema(minimum = 0)]
+    pub attempt: Option<u64>,
+    /// Sets capacity aside for this request until its usage settles it (all or nothing
+    /// across every counter the check evaluates).
+    pub reserve: Option<ReserveBody>,
+    /// How long the hold lasts unless settled (default config `hold_ttl`, at most
+    /// `hold_max_ttl`), e.g. `5m`.
+    pub hold_ttl: Option<String>,
+}
+
+/// What a hold reserves: cost (USD) on budgets, tokens on token limits; one request on request
+/// limits always.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct ReserveBody {
+    /// Dollars, finite ≥ 0; default 0.
+    #[schema(minimum = 0)]
+    pub cost: Option<f64>,
+    /// Default 0.
+    #[schema(minimum = 0)]
+    pub tokens: Option<i64>,
 }
 
 impl CheckRequest {
@@ -91,6 +118,9 @@ pub struct CheckView<'a> {
     /// Dollars for budgets; tokens or requests otherwise.
     #[schema(value_type = f64)]
     pub used: Amount,
+    /// Set aside by holds of requests in flight, in the unit of `used`; counts as used.
+    #[schema(value_type = f64)]
+    pub held: Amount,
     #[schema(value_type = f64)]
     pub max: Amount,
     #[serde(serialize_with = "serialize_rfc3339")]
@@ -118,6 +148,73 @@ pub struct DecisionBody<'a> {
     /// Provider key ids the request is restricted to (from the key's provider config).
     pub include_only_key_ids: &'a [String],
     pub checks: Vec<CheckView<'a>>,
+    /// The most the tightest counter still admits: `max - used - held`, at least 0; `null`
+    /// when nothing limits it.
+    pub max_affordable: Affordable,
+    /// The hold a `reserve` placed (or the one this request and attempt hold already).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold: Option<HoldView>,
+}
+
+/// The most a request can still spend.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub struct Affordable {
+    /// Dollars.
+    pub cost: Option<f64>,
+    pub tokens: Option<i64>,
+}
+
+impl Affordable {
+    fn of(checks: &[LimitCheck<'_>]) -> Affordable {
+        let room = |kind: LimitKind| {
+            checks
+                .iter()
+                .filter(|c| c.kind == kind)
+                .map(|c| c.max.saturating_sub(c.used).saturating_sub(c.held).max(0))
+                .min()
+        };
+        Affordable {
+            cost: room(LimitKind::Budget).map(|n| Money::from_nanos(n).to_usd()),
+            tokens: room(LimitKind::Tokens),
+        }
+    }
+}
+
+/// A hold, as `/v1/check` and `/v1/holds/…` show it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct HoldView {
+    pub request_id: String,
+    pub attempt: u64,
+    #[serde(serialize_with = "serialize_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: Micros,
+    pub reserved: ReservedView,
+}
+
+/// What a hold sets aside on each counter of its kind.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub struct ReservedView {
+    /// Dollars, on every budget.
+    pub cost: f64,
+    /// On every token limit.
+    pub tokens: i64,
+    /// On every request limit (always 1).
+    pub requests: i64,
+}
+
+impl HoldView {
+    pub fn new(h: &Hold) -> HoldView {
+        HoldView {
+            request_id: h.request_id.clone(),
+            attempt: h.attempt,
+            expires_at: h.expires_at,
+            reserved: ReservedView {
+                cost: Money::from_nanos(h.reserved.cost).to_usd(),
+                tokens: h.reserved.tokens,
+                requests: h.reserved.requests,
+            },
+        }
+    }
 }
 
 /// A used or maximum amount: dollars for budgets, a count for tokens and requests.
@@ -149,6 +246,7 @@ fn check_view<'a>(c: &LimitCheck<'a>) -> CheckView<'a> {
         id: IdView(c.id),
         kind: c.kind,
         used: amount(c.kind, c.used),
+        held: amount(c.kind, c.held),
         max: amount(c.kind, c.max),
         resets_at: c.resets_at,
         exceeded: c.exceeded,
@@ -173,6 +271,8 @@ impl<'a> DecisionBody<'a> {
             customer_name: customer.map(|c| c.name.as_str()),
             include_only_key_ids: d.include_only_key_ids,
             checks: d.checks.iter().map(check_view).collect(),
+            max_affordable: Affordable::of(&d.checks),
+            hold: d.hold.as_deref().map(HoldView::new),
         }
     }
 }
@@ -267,6 +367,8 @@ pub fn write_decision(d: &Decision<'_>, out: &mut Vec<u8>) {
         out.extend_from_slice(kind_name(c.kind).as_bytes());
         out.extend_from_slice(b"\",\"used\":");
         amount_json(out, c.used);
+        out.extend_from_slice(b",\"held\":");
+        amount_json(out, c.held);
         out.extend_from_slice(b",\"max\":");
         amount_json(out, c.max);
         out.extend_from_slice(b",\"resets_at\":\"");
@@ -279,7 +381,13 @@ pub fn write_decision(d: &Decision<'_>, out: &mut Vec<u8>) {
             b"\",\"exceeded\":false}"
         });
     }
-    out.extend_from_slice(b"]}");
+    out.extend_from_slice(b"],\"max_affordable\":");
+    let _ = serde_json::to_writer(&mut *out, &body.max_affordable);
+    if let Some(hold) = &body.hold {
+        out.extend_from_slice(b",\"hold\":");
+        let _ = serde_json::to_writer(&mut *out, hold);
+    }
+    out.push(b'}');
 }
 
 fn level_name(level: Level) -> &'static str {
@@ -347,6 +455,59 @@ fn validate(req: &CheckRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A valid `reserve`: whose hold, how much, until when.
+struct Reservation<'a> {
+    request_id: &'a str,
+    attempt: u64,
+    amounts: Amounts,
+    ttl: Micros,
+}
+
+/// The reservation a valid body asks for, if any (400 for a bad one).
+fn reservation<'a>(
+    req: &'a CheckRequest,
+    config: &Config,
+) -> Result<Option<Reservation<'a>>, ApiError> {
+    let bad = |m: String| Err(ApiError::InvalidRequest(m));
+    let ttl = match &req.hold_ttl {
+        None => config.hold_ttl,
+        Some(text) => match crate::config::parse_duration(text) {
+            Ok(ttl) if ttl > config.hold_max_ttl => {
+                return bad(format!(
+                    "hold_ttl: must be at most hold_max_ttl ({} s)",
+                    config.hold_max_ttl.as_secs()
+                ))
+            }
+            Ok(ttl) => ttl,
+            Err(e) => return bad(format!("hold_ttl: {e}")),
+        },
+    };
+    let Some(reserve) = &req.reserve else {
+        return Ok(None);
+    };
+    let Some(request_id) = req.request_id.as_deref().filter(|r| !r.is_empty()) else {
+        return bad("reserve: needs a request_id (the hold is that request's)".to_owned());
+    };
+    let cost = match Money::from_usd(reserve.cost.unwrap_or(0.0)) {
+        Ok(cost) => cost.nanos(),
+        Err(e) => return bad(format!("reserve.cost: {e}")),
+    };
+    let tokens = reserve.tokens.unwrap_or(0);
+    if tokens < 0 {
+        return bad("reserve.tokens: must be an integer ≥ 0".to_owned());
+    }
+    Ok(Some(Reservation {
+        request_id,
+        attempt: req.attempt.unwrap_or(0),
+        amounts: Amounts {
+            cost,
+            tokens,
+            requests: 1,
+        },
+        ttl: ttl.as_micros().min(i64::MAX as u128) as Micros,
+    }))
+}
+
 /// Decodes and validates one `/v1/check` body as the handler does. For fuzzing.
 pub fn decode_check(body: &[u8]) -> Result<CheckRequest, ApiError> {
     let req: CheckRequest = serde_json::from_slice(body)
@@ -373,11 +534,30 @@ pub async fn check_request(
     ApiJson(req): ApiJson<CheckRequest>,
 ) -> Result<Response, ApiError> {
     validate(&req)?;
+    let reserve = reservation(&req, &state.config)?;
     let now = now_micros();
     let input = req.input();
     let header_names = req.header_names();
     let snapshot = state.store.guard();
-    let decision = check(&snapshot, &state.policy, &input, &header_names, now);
+    let mut decision = check(&snapshot, &state.policy, &input, &header_names, now);
+    let mut placed = false;
+    if let Some(r) = &reserve {
+        let allowed = decision.verdict == Verdict::Allow;
+        placed = holds::place(
+            &state.holds,
+            &mut decision,
+            r.request_id,
+            r.attempt,
+            r.amounts,
+            now.saturating_add(r.ttl),
+            now,
+        );
+        if placed {
+            state.metrics.hold_event(HoldEvent::Placed);
+        } else if allowed && decision.hold.is_none() {
+            state.metrics.hold_event(HoldEvent::Refused);
+        }
+    }
     state.metrics.decision(decision.verdict);
     let retry = decision.retry_at.map(|at| retry_after(at, now));
     let status = StatusCode::from_u16(decision.verdict.status()).unwrap_or(StatusCode::OK);
@@ -395,6 +575,16 @@ pub async fn check_request(
         response
             .headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    if placed
+        && state.config.ack == AckMode::Durable
+        && !state.worker.durable(DURABLE_TIMEOUT).await
+    {
+        return Err(ApiError::Unavailable(
+            "the hold was placed in memory but could not be made durable in time (database \
+             unreachable); retry with the same request_id and attempt"
+                .to_owned(),
+        ));
     }
     Ok(response)
 }

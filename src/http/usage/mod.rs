@@ -23,6 +23,7 @@ use crate::engine::dedup::{dedup_key, DedupKey, Phase};
 use crate::engine::store::Snapshot;
 use crate::engine::usage::{apply, Charge, UsageEvent};
 use crate::http::state::AppState;
+use crate::telemetry::HoldEvent;
 
 pub fn router(batch_max_body_bytes: usize) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -155,6 +156,8 @@ fn per_item(body: &[u8]) -> Result<Parsed<'_>, ApiError> {
 struct Valid<'a> {
     event: UsageEvent<'a>,
     dedup: Option<DedupKey>,
+    /// The hold this update settles (a final phase with a request id).
+    settles: Option<(&'a str, u64)>,
 }
 
 fn text<'a>(field: &str, value: &'a Option<Text<'_>>) -> Result<Option<&'a str>, String> {
@@ -197,11 +200,21 @@ impl UsageUpdate<'_> {
         } else {
             self.chunk_index.map(Phase::Chunk)
         };
-        let dedup = match (request_id.filter(|r| !r.is_empty()), phase) {
-            (Some(id), Some(phase)) => Some(dedup_key(id, self.attempt.unwrap_or(0), phase)),
+        let request_id = request_id.filter(|r| !r.is_empty());
+        let attempt = self.attempt.unwrap_or(0);
+        let dedup = match (request_id, phase) {
+            (Some(id), Some(phase)) => Some(dedup_key(id, attempt, phase)),
             _ => None,
         };
-        Ok(Valid { event, dedup })
+        let settles = match (request_id, phase) {
+            (Some(id), Some(Phase::Final)) => Some((id, attempt)),
+            _ => None,
+        };
+        Ok(Valid {
+            event,
+            dedup,
+            settles,
+        })
     }
 }
 
@@ -215,6 +228,9 @@ fn record(
     valid: &Valid<'_>,
     now: Micros,
 ) -> Option<Charge> {
+    if let Some((request_id, attempt)) = valid.settles {
+        settle(state, request_id, attempt, &valid.event);
+    }
     if let Some(key) = valid.dedup {
         if !state.dedup.claim_for(key, now, entered.side()) {
             return None;
@@ -238,6 +254,20 @@ fn record(
     Some(charge)
 }
 
+/// Ends the hold of a request whose final usage arrived: its capacity is freed, and the usage
+/// is charged as any other (also above what was reserved).
+fn settle(state: &AppState, request_id: &str, attempt: u64, event: &UsageEvent<'_>) {
+    let Some(hold) = state.holds.end(request_id, attempt) else {
+        return;
+    };
+    state.metrics.hold_event(HoldEvent::Settled);
+    let charge = event.charge();
+    state.metrics.hold_overrun(
+        charge.cost.unwrap_or(0) > hold.reserved.cost,
+        charge.tokens.unwrap_or(0) > hold.reserved.tokens,
+    );
+}
+
 /// With `ack = "durable"`, waits until the flush that holds everything applied so far has
 /// committed.
 async fn acknowledge(state: &AppState) -> Result<(), ApiError> {
@@ -256,7 +286,7 @@ async fn acknowledge(state: &AppState) -> Result<(), ApiError> {
 }
 
 /// How long a durable acknowledgement waits for its flush.
-const DURABLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub const DURABLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Record what one request (or one streaming chunk) used.
 #[utoipa::path(post, path = "/v1/usage", tag = "gateway",
