@@ -127,6 +127,45 @@ fn bench(c: &mut Criterion) {
     c.bench_function("check_5_levels", |b| {
         b.iter(|| check(black_box(&s), &policy, black_box(&input), &[], NOW).verdict)
     });
+    // A check that reserves: the same evaluation, then the hold placed on every counter (and,
+    // so that the book stays the same size, released again).
+    let holds = heimdall::engine::holds::Holds::new(1);
+    let reserved = heimdall::engine::holds::Amounts {
+        cost: 1_000_000,
+        tokens: 100,
+        requests: 1,
+    };
+    let ids: Vec<String> = (0..1024).map(|i| format!("req-{i}")).collect();
+    let mut next = 0usize;
+    // Only the check that reserves is timed; the release after it, and the flush that takes
+    // the book's changes, are not.
+    c.bench_function("check_5_levels_reserve", |b| {
+        b.iter_custom(|iters| {
+            let mut timed = std::time::Duration::ZERO;
+            for _ in 0..iters {
+                next = (next + 1) % ids.len();
+                let started = std::time::Instant::now();
+                let mut d = check(black_box(&s), &policy, black_box(&input), &[], NOW);
+                let placed = heimdall::engine::holds::place(
+                    &holds,
+                    &mut d,
+                    &ids[next],
+                    0,
+                    reserved,
+                    NOW + 60_000_000,
+                    NOW,
+                );
+                timed += started.elapsed();
+                assert!(placed, "{}", d.message);
+                drop(d);
+                holds.end(&ids[next], 0);
+                if next == 0 {
+                    holds.take_changes();
+                }
+            }
+            timed
+        })
+    });
     c.bench_function("check_decision_json", |b| {
         b.iter(|| {
             let d = check(black_box(&s), &policy, black_box(&input), &[], NOW);

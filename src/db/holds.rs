@@ -186,6 +186,7 @@ impl StoredHold {
                 tokens: self.reserved.1,
                 requests: self.reserved.2,
             },
+            seq: 0,
         })
     }
 }
@@ -211,6 +212,7 @@ pub async fn load(c: &mut Conn) -> Result<Vec<Hold>, DbError> {
                     requests: r.try_get(6)?,
                 },
                 counters: counters_of(&r.try_get::<String, _>(7)?)?,
+                seq: 0,
             })
         })
         .collect()

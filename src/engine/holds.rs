@@ -13,8 +13,7 @@
 //! can be settled or released through another. Expiry comes from a due-queue ordered by
 //! expiry, never from a scan of every hold.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -71,6 +70,8 @@ pub struct Hold {
     pub counters: Vec<Held>,
     /// The process that placed it (its writer id).
     pub writer: i64,
+    /// Its place in this process's due-queue (set when it enters the book).
+    pub seq: u64,
 }
 
 impl Hold {
@@ -126,8 +127,10 @@ pub struct Holds {
 #[derive(Debug, Default)]
 struct Book {
     live: HashMap<HoldKey, Arc<Hold>>,
-    /// Every live hold's expiry (entries of holds that ended since are skipped).
-    due: BinaryHeap<Reverse<(Micros, HoldKey)>>,
+    /// Every live hold by expiry (and a sequence number, unique per hold): the due-queue.
+    due: BTreeMap<(Micros, u64), HoldKey>,
+    /// The sequence number of the last hold entered.
+    seq: u64,
     /// This process's holds not yet written, and ended holds whose rows are not yet deleted
     /// (with the writer that placed each).
     placed: Vec<Arc<Hold>>,
@@ -235,6 +238,8 @@ impl Holds {
                 }
             })
             .collect();
+        book.seq += 1;
+        let seq = book.seq;
         let hold = Arc::new(Hold {
             request_id: key.0.clone(),
             attempt,
@@ -242,8 +247,9 @@ impl Holds {
             reserved,
             counters,
             writer: self.me,
+            seq,
         });
-        book.due.push(Reverse((expires_at, key.clone())));
+        book.due.insert((expires_at, seq), key.clone());
         book.live.insert(key, Arc::clone(&hold));
         book.placed.push(Arc::clone(&hold));
         self.count.store(book.live.len(), Ordering::Release);
@@ -266,6 +272,7 @@ impl Holds {
     /// Removes a live hold and frees its capacity.
     fn remove(&self, book: &mut Book, key: &HoldKey) -> Option<Arc<Hold>> {
         let hold = book.live.remove(key)?;
+        book.due.remove(&(hold.expires_at, hold.seq));
         self.count.store(book.live.len(), Ordering::Release);
         let own = hold.writer == self.me;
         for held in &hold.counters {
@@ -284,20 +291,14 @@ impl Holds {
     pub fn expire(&self, now: Micros) -> Vec<Arc<Hold>> {
         let mut book = self.book();
         let mut expired = Vec::new();
-        while let Some(Reverse((at, _))) = book.due.peek() {
-            if *at > now {
+        while let Some(entry) = book.due.first_entry() {
+            if entry.key().0 > now {
                 break;
             }
-            let Some(Reverse((at, key))) = book.due.pop() else {
-                break;
-            };
-            // A hold that ended meanwhile, or one placed again since under the same key with
-            // another expiry, is not this entry's.
-            if book.live.get(&key).is_some_and(|h| h.expires_at == at) {
-                if let Some(hold) = self.remove(&mut book, &key) {
-                    book.ended.push(Arc::clone(&hold));
-                    expired.push(hold);
-                }
+            let key = entry.remove();
+            if let Some(hold) = self.remove(&mut book, &key) {
+                book.ended.push(Arc::clone(&hold));
+                expired.push(hold);
             }
         }
         expired
@@ -354,7 +355,9 @@ impl Holds {
                     counter.hold_foreign(held.amount);
                 }
             }
-            book.due.push(Reverse((hold.expires_at, key.clone())));
+            book.seq += 1;
+            hold.seq = book.seq;
+            book.due.insert((hold.expires_at, hold.seq), key.clone());
             book.live.insert(key, Arc::new(hold));
         }
         let mut gone: Vec<HoldKey> = book

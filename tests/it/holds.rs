@@ -70,7 +70,10 @@ async fn a_hold_counts_as_used_until_its_usage_settles_it() {
     assert_eq!(status, 200, "{d}");
     assert_eq!(d["hold"]["request_id"], "r1");
     assert_eq!(d["hold"]["attempt"], 0);
-    assert_eq!(d["hold"]["reserved"], json!({"cost": 0.4, "tokens": 0, "requests": 1}));
+    assert_eq!(
+        d["hold"]["reserved"],
+        json!({"cost": 0.4, "tokens": 0, "requests": 1})
+    );
     let expires_at = d["hold"]["expires_at"].clone();
     // The decision shows the counters before the hold; the next one counts it.
     let (_, d) = app.post("/v1/check", json!({"virtual_key": value})).await;
@@ -92,7 +95,10 @@ async fn a_hold_counts_as_used_until_its_usage_settles_it() {
     assert_eq!(status, 402, "{refused}");
     assert_eq!(refused["decision"], "budget_exceeded");
     assert!(
-        refused["message"].as_str().unwrap().contains("no room for the reservation"),
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("no room for the reservation"),
         "{refused}"
     );
     assert!(refused.get("hold").is_none());
@@ -118,10 +124,22 @@ async fn a_hold_counts_as_used_until_its_usage_settles_it() {
     assert_eq!(d["max_affordable"]["cost"], 0.5);
 
     let text = app.metrics().await;
-    assert_eq!(metric(&text, "heimdall_hold_events_total{event=\"placed\"}"), Some(1.0));
-    assert_eq!(metric(&text, "heimdall_hold_events_total{event=\"refused\"}"), Some(1.0));
-    assert_eq!(metric(&text, "heimdall_hold_events_total{event=\"settled\"}"), Some(1.0));
-    assert_eq!(metric(&text, "heimdall_hold_overruns_total{what=\"cost\"}"), Some(1.0));
+    assert_eq!(
+        metric(&text, "heimdall_hold_events_total{event=\"placed\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, "heimdall_hold_events_total{event=\"refused\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, "heimdall_hold_events_total{event=\"settled\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, "heimdall_hold_overruns_total{what=\"cost\"}"),
+        Some(1.0)
+    );
     assert_eq!(metric(&text, "heimdall_holds"), Some(0.0));
     app.stop().await;
     db.drop_db().await;
@@ -135,7 +153,10 @@ async fn a_release_frees_the_capacity_and_a_failed_request_charges_nothing() {
         let (status, d) = app.post("/v1/check", reserve(&value, id, 0.5)).await;
         assert_eq!(status, 200, "{d}");
     }
-    assert_eq!(app.post("/v1/check", reserve(&value, "c", 0.1)).await.0, 402);
+    assert_eq!(
+        app.post("/v1/check", reserve(&value, "c", 0.1)).await.0,
+        402
+    );
     let (status, body) = app.delete("/v1/holds/a").await;
     assert_eq!((status, body), (200, json!({"released": true})));
     assert_error(&app.delete("/v1/holds/a").await, 404, "not_found");
@@ -147,7 +168,10 @@ async fn a_release_frees_the_capacity_and_a_failed_request_charges_nothing() {
     .await;
     let (_, d) = app.post("/v1/check", json!({"virtual_key": value})).await;
     let budget = check_of(&d, "virtual_key", "budget");
-    assert_eq!((budget["used"].clone(), budget["held"].clone()), (json!(0.0), json!(0.0)));
+    assert_eq!(
+        (budget["used"].clone(), budget["held"].clone()),
+        (json!(0.0), json!(0.0))
+    );
     // A streaming chunk that is not the last leaves the hold in place.
     app.post("/v1/check", reserve(&value, "s", 0.2)).await;
     app.post(
@@ -181,9 +205,7 @@ async fn tokens_and_requests_are_held_on_rate_limits() {
         .as_str()
         .unwrap()
         .to_owned();
-    let body = |id: &str, tokens: i64| {
-        json!({"virtual_key": value, "request_id": id, "reserve": {"tokens": tokens}})
-    };
+    let body = |id: &str, tokens: i64| json!({"virtual_key": value, "request_id": id, "reserve": {"tokens": tokens}});
     assert_eq!(app.post("/v1/check", body("a", 600)).await.0, 200);
     let (status, d) = app.post("/v1/check", body("b", 600)).await;
     assert_eq!(status, 429, "{d}");
@@ -191,7 +213,10 @@ async fn tokens_and_requests_are_held_on_rate_limits() {
     assert_eq!(app.post("/v1/check", body("b", 300)).await.0, 200);
     // Two requests held: a third has no room on the request limit.
     let (status, d) = app.post("/v1/check", body("c", 0)).await;
-    assert_eq!((status, d["decision"].clone()), (429, json!("request_limited")));
+    assert_eq!(
+        (status, d["decision"].clone()),
+        (429, json!("request_limited"))
+    );
     let (_, d) = app.post("/v1/check", json!({"virtual_key": value})).await;
     assert_eq!(check_of(&d, "virtual_key", "tokens")["held"], 900);
     assert_eq!(check_of(&d, "virtual_key", "requests")["held"], 2);
@@ -199,7 +224,10 @@ async fn tokens_and_requests_are_held_on_rate_limits() {
     let limits = app.get("/api/governance/virtual-keys").await.1;
     let rl = &limits["virtual_keys"][0]["rate_limit"];
     assert_eq!(
-        (rl["token_current_held"].clone(), rl["request_current_held"].clone()),
+        (
+            rl["token_current_held"].clone(),
+            rl["request_current_held"].clone()
+        ),
         (json!(900), json!(2))
     );
     app.stop().await;
@@ -211,14 +239,36 @@ async fn bad_reservations_are_refused_and_hold_nothing() {
     let (app, db) = sqlite_app().await;
     let value = team_key(&app, 10.0, 0.0, 1.0).await;
     for (body, needle) in [
-        (json!({"virtual_key": value, "reserve": {"cost": 0.1}}), "request_id"),
-        (json!({"virtual_key": value, "request_id": "x", "reserve": {"cost": -1.0}}), "reserve.cost"),
-        (json!({"virtual_key": value, "request_id": "x", "reserve": {"tokens": -1}}), "reserve.tokens"),
-        (json!({"virtual_key": value, "request_id": "x", "reserve": {"tokens": 1.5}}), "invalid body"),
-        (json!({"virtual_key": value, "request_id": "x", "reserve": {}, "hold_ttl": "2h"}), "hold_ttl"),
-        (json!({"virtual_key": value, "request_id": "x", "reserve": {}, "hold_ttl": "soon"}), "hold_ttl"),
+        (
+            json!({"virtual_key": value, "reserve": {"cost": 0.1}}),
+            "request_id",
+        ),
+        (
+            json!({"virtual_key": value, "request_id": "x", "reserve": {"cost": -1.0}}),
+            "reserve.cost",
+        ),
+        (
+            json!({"virtual_key": value, "request_id": "x", "reserve": {"tokens": -1}}),
+            "reserve.tokens",
+        ),
+        (
+            json!({"virtual_key": value, "request_id": "x", "reserve": {"tokens": 1.5}}),
+            "invalid body",
+        ),
+        (
+            json!({"virtual_key": value, "request_id": "x", "reserve": {}, "hold_ttl": "2h"}),
+            "hold_ttl",
+        ),
+        (
+            json!({"virtual_key": value, "request_id": "x", "reserve": {}, "hold_ttl": "soon"}),
+            "hold_ttl",
+        ),
     ] {
-        let message = assert_error(&app.post("/v1/check", body.clone()).await, 400, "invalid_request");
+        let message = assert_error(
+            &app.post("/v1/check", body.clone()).await,
+            400,
+            "invalid_request",
+        );
         assert!(message.contains(needle), "{body}: {message}");
     }
     assert_eq!(app.get("/v1/holds/x").await.0, 404);
@@ -233,11 +283,17 @@ async fn the_worker_expires_holds_and_late_usage_still_charges() {
     let mut body = reserve(&value, "slow", 0.9);
     body["hold_ttl"] = json!("1s");
     assert_eq!(app.post("/v1/check", body).await.0, 200);
-    assert_eq!(app.post("/v1/check", reserve(&value, "other", 0.2)).await.0, 402);
+    assert_eq!(
+        app.post("/v1/check", reserve(&value, "other", 0.2)).await.0,
+        402
+    );
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     app.flush().await;
     assert_eq!(app.get("/v1/holds/slow").await.0, 404);
-    assert_eq!(app.post("/v1/check", reserve(&value, "other", 0.2)).await.0, 200);
+    assert_eq!(
+        app.post("/v1/check", reserve(&value, "other", 0.2)).await.0,
+        200
+    );
     app.post(
         "/v1/usage",
         json!({"virtual_key": value, "request_id": "slow", "cost": 0.3}),
@@ -247,7 +303,10 @@ async fn the_worker_expires_holds_and_late_usage_still_charges() {
     assert_eq!(check_of(&d, "virtual_key", "budget")["used"], 0.3);
     assert_eq!(check_of(&d, "virtual_key", "budget")["held"], 0.2);
     let text = app.metrics().await;
-    assert_eq!(metric(&text, "heimdall_hold_events_total{event=\"expired\"}"), Some(1.0));
+    assert_eq!(
+        metric(&text, "heimdall_hold_events_total{event=\"expired\"}"),
+        Some(1.0)
+    );
     app.stop().await;
     db.drop_db().await;
 }
@@ -300,7 +359,11 @@ async fn the_tighter_of_two_nearly_full_budgets_bounds_the_reserves() {
     let tasks: Vec<_> = (0..32)
         .map(|i| {
             let (app, value) = (Arc::clone(&app), value.clone());
-            tokio::spawn(async move { app.post("/v1/check", reserve(&value, &format!("t{i}"), 0.1)).await.0 })
+            tokio::spawn(async move {
+                app.post("/v1/check", reserve(&value, &format!("t{i}"), 0.1))
+                    .await
+                    .0
+            })
         })
         .collect();
     let mut admitted = 0;
@@ -337,7 +400,11 @@ async fn a_durable_hold_survives_kill_9(db: &TestDb) {
     common::signal(child, "KILL").await;
 
     let (child, base) = common::spawn_binary(db, &env).await;
-    let get = client.get(format!("{base}/v1/holds/survivor")).send().await.unwrap();
+    let get = client
+        .get(format!("{base}/v1/holds/survivor"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(get.status().as_u16(), 200);
     let post = |path: &str, body: Value| {
         let req = client.post(format!("{base}{path}")).json(&body);
@@ -346,7 +413,10 @@ async fn a_durable_hold_survives_kill_9(db: &TestDb) {
             (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
         }
     };
-    assert_eq!(post("/v1/check", reserve(&value, "newcomer", 0.3)).await.0, 402);
+    assert_eq!(
+        post("/v1/check", reserve(&value, "newcomer", 0.3)).await.0,
+        402
+    );
     let (status, _) = post(
         "/v1/usage",
         json!({"virtual_key": value, "request_id": "survivor", "cost": 0.5}),
@@ -355,7 +425,10 @@ async fn a_durable_hold_survives_kill_9(db: &TestDb) {
     assert_eq!(status, 202);
     let (_, d) = post("/v1/check", json!({"virtual_key": value})).await;
     let budget = check_of(&d, "virtual_key", "budget");
-    assert_eq!((budget["used"].clone(), budget["held"].clone()), (json!(0.5), json!(0.0)));
+    assert_eq!(
+        (budget["used"].clone(), budget["held"].clone()),
+        (json!(0.5), json!(0.0))
+    );
     common::signal(child, "TERM").await;
 }
 
@@ -410,7 +483,11 @@ async fn replicas_count_each_others_holds_and_settle_them() {
     a.flush().await;
     let (_, d) = a.post("/v1/check", json!({"virtual_key": value})).await;
     let budget = check_of(&d, "virtual_key", "budget");
-    assert_eq!((budget["used"].clone(), budget["held"].clone()), (json!(0.2), json!(0.0)), "{d}");
+    assert_eq!(
+        (budget["used"].clone(), budget["held"].clone()),
+        (json!(0.2), json!(0.0)),
+        "{d}"
+    );
     assert_eq!(
         db.scalar("select current_usage from budgets").await,
         200_000_000,
@@ -424,7 +501,9 @@ async fn replicas_count_each_others_holds_and_settle_them() {
         for i in 0..32 {
             let (app, value) = (Arc::clone(app), value.clone());
             tasks.push(tokio::spawn(async move {
-                app.post("/v1/check", reserve(&value, &format!("{name}{i}"), 0.1)).await.0
+                app.post("/v1/check", reserve(&value, &format!("{name}{i}"), 0.1))
+                    .await
+                    .0
             }));
         }
     }
@@ -433,7 +512,10 @@ async fn replicas_count_each_others_holds_and_settle_them() {
         admitted += usize::from(t.await.unwrap() == 200);
     }
     println!("two replicas, $0.80 of room, 64 concurrent reserves of $0.10: {admitted} admitted");
-    assert!((8..=16).contains(&admitted), "{admitted}: at most what each replica alone admits");
+    assert!(
+        (8..=16).contains(&admitted),
+        "{admitted}: at most what each replica alone admits"
+    );
     for app in [a, b] {
         Arc::try_unwrap(app).ok().unwrap().stop().await;
     }

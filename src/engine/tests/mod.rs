@@ -155,4 +155,5 @@ fn three_levels(vk_used: f64) -> (Snapshot, [Arc<Budget>; 3]) {
 }
 
 mod check;
+mod holds;
 mod usage;
