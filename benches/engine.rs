@@ -137,6 +137,10 @@ fn bench(c: &mut Criterion) {
     };
     let ids: Vec<String> = (0..1024).map(|i| format!("req-{i}")).collect();
     let mut next = 0usize;
+    let reserving = CheckInput {
+        reserve: true,
+        ..input
+    };
     // Only the check that reserves is timed; the release after it, and the flush that takes
     // the book's changes, are not.
     c.bench_function("check_5_levels_reserve", |b| {
@@ -145,7 +149,7 @@ fn bench(c: &mut Criterion) {
             for _ in 0..iters {
                 next = (next + 1) % ids.len();
                 let started = std::time::Instant::now();
-                let mut d = check(black_box(&s), &policy, black_box(&input), &[], NOW);
+                let mut d = check(black_box(&s), &policy, black_box(&reserving), &[], NOW);
                 let placed = heimdall::engine::holds::place(
                     &holds,
                     &mut d,

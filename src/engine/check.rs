@@ -5,7 +5,9 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-pub use super::decision::{CheckInput, CheckPolicy, Decision, EntityRef, LimitCheck, Verdict};
+pub use super::decision::{
+    CheckInput, CheckPolicy, Decision, EntityRef, LimitCheck, Target, Verdict,
+};
 use uuid::Uuid;
 
 use super::counter::{Counter, CounterView};
@@ -28,6 +30,7 @@ const MODELLESS_REQUEST_TYPES: &[&str] = &["list_models", "mcp_tool_execution"];
 
 struct Evaluator<'a> {
     now: Micros,
+    targets: Option<Vec<Target<'a>>>,
     checks: Vec<LimitCheck<'a>>,
     failure: Option<(Verdict, Cow<'static, str>, Option<Micros>)>,
 }
@@ -45,31 +48,15 @@ impl<'a> Evaluator<'a> {
         if let Some(max) = rl.spec.tokens.max {
             let rule = rl.token_rule();
             let v = rl.tokens.view(rule, self.now);
-            let exceeded = self.push(
-                level,
-                id,
-                LimitKind::Tokens,
-                v,
-                max,
-                rl.id,
-                &rl.tokens,
-                rule,
-            );
+            let exceeded = self.push(level, id, LimitKind::Tokens, v, max);
+            self.target(rl.id, &rl.tokens, rule);
             tokens = exceeded.then_some((v, max));
         }
         if let Some(max) = rl.spec.requests.max {
             let rule = rl.request_rule();
             let v = rl.requests.view(rule, self.now);
-            let exceeded = self.push(
-                level,
-                id,
-                LimitKind::Requests,
-                v,
-                max,
-                rl.id,
-                &rl.requests,
-                rule,
-            );
+            let exceeded = self.push(level, id, LimitKind::Requests, v, max);
+            self.target(rl.id, &rl.requests, rule);
             requests = exceeded.then_some((v, max));
         }
         let label = level.label();
@@ -107,16 +94,9 @@ impl<'a> Evaluator<'a> {
     fn budget(&mut self, level: Level, id: EntityRef<'a>, b: &'a Budget) {
         let v = b.view(self.now);
         let max = b.spec.max.nanos();
-        if self.push(
-            level,
-            id,
-            LimitKind::Budget,
-            v,
-            max,
-            b.id,
-            &b.counter,
-            &b.rule,
-        ) {
+        let exceeded = self.push(level, id, LimitKind::Budget, v, max);
+        self.target(b.id, &b.counter, &b.rule);
+        if exceeded {
             self.fail(
                 Verdict::BudgetExceeded,
                 format!(
@@ -139,9 +119,6 @@ impl<'a> Evaluator<'a> {
         kind: LimitKind,
         v: CounterView,
         max: i64,
-        limit: Uuid,
-        counter: &'a Arc<Counter>,
-        rule: &'a WindowRule,
     ) -> bool {
         let exceeded = v.used.saturating_add(v.held) >= max;
         self.checks.push(LimitCheck {
@@ -153,11 +130,19 @@ impl<'a> Evaluator<'a> {
             max,
             resets_at: v.resets_at,
             exceeded,
-            limit,
-            counter,
-            rule,
         });
         exceeded
+    }
+
+    /// With a reserve: the counter of the check just pushed.
+    fn target(&mut self, limit: Uuid, counter: &'a Arc<Counter>, rule: &'a WindowRule) {
+        if let Some(targets) = &mut self.targets {
+            targets.push(Target {
+                limit,
+                counter,
+                rule,
+            });
+        }
     }
 
     fn rate_limit_of(&mut self, level: Level, id: EntityRef<'a>, limits: &'a Limits) {
@@ -251,6 +236,7 @@ pub fn check<'a>(
         checks,
         retry_at: None,
         hold: None,
+        targets: Vec::new(),
     };
 
     // 1. Required headers.
@@ -279,6 +265,7 @@ pub fn check<'a>(
 
     let mut ev = Evaluator {
         now,
+        targets: input.reserve.then(|| Vec::with_capacity(16)),
         checks: Vec::with_capacity(16),
         failure: None,
     };
@@ -371,5 +358,6 @@ pub fn check<'a>(
         checks: ev.checks,
         retry_at,
         hold: None,
+        targets: ev.targets.unwrap_or_default(),
     }
 }

@@ -34,10 +34,9 @@ pub struct Counter {
     /// Set when usage is added, cleared by the flush that takes it: a counter is queued for
     /// the next flush once per flush, not once per increment.
     dirty: [AtomicBool; 2],
-    /// Capacity this process's holds set aside (requests in flight); windows do not clear it.
+    /// Capacity holds set aside (requests in flight): this process's, and the other replicas'
+    /// as far as it has learned them. Windows do not clear it.
     held: AtomicI64,
-    /// Capacity other replicas' holds set aside, as far as this process has learned them.
-    foreign_held: AtomicI64,
     /// Serialises window changes with the flush bookkeeping. Taken only when a window ends
     /// (once per window) and by the worker; plain increments never take it.
     window: Mutex<()>,
@@ -76,7 +75,6 @@ impl Counter {
             persisted_start: AtomicI64::new(last_reset),
             dirty: [AtomicBool::new(false), AtomicBool::new(false)],
             held: AtomicI64::new(0),
-            foreign_held: AtomicI64::new(0),
             window: Mutex::new(()),
         }
     }
@@ -109,7 +107,7 @@ impl Counter {
 
     /// Capacity set aside by holds, this process's and the others' it knows of.
     pub fn held(&self) -> i64 {
-        self.held.load(Ordering::Acquire) + self.foreign_held.load(Ordering::Acquire)
+        self.held.load(Ordering::Acquire)
     }
 
     /// Sets aside `amount` for one of this process's holds (negative: gives it back).
@@ -119,7 +117,7 @@ impl Counter {
 
     /// Counts (or, negative, stops counting) `amount` of another replica's hold.
     pub fn hold_foreign(&self, amount: i64) {
-        self.foreign_held.fetch_add(amount, Ordering::AcqRel);
+        self.hold(amount);
     }
 
     fn used(&self) -> i64 {

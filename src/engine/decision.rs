@@ -21,6 +21,9 @@ pub struct CheckInput<'a> {
     pub model: &'a str,
     pub user_id: Option<&'a str>,
     pub request_type: Option<&'a str>,
+    /// The check will reserve: it also collects the counters a hold would take
+    /// ([`Decision::targets`]).
+    pub reserve: bool,
 }
 
 /// Check settings from the configuration.
@@ -99,7 +102,12 @@ pub struct LimitCheck<'a> {
     pub max: i64,
     pub resets_at: Micros,
     pub exceeded: bool,
-    /// The budget's or rate limit's id, its counter and window (what a reserve holds).
+}
+
+/// A counter a check evaluated, as a reserve would hold it.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The budget's or rate limit's id.
     pub limit: Uuid,
     pub counter: &'a Arc<Counter>,
     pub rule: &'a WindowRule,
@@ -118,4 +126,6 @@ pub struct Decision<'a> {
     pub retry_at: Option<Micros>,
     /// The hold a reserve placed (or found placed already).
     pub hold: Option<Arc<Hold>>,
+    /// With [`CheckInput::reserve`]: the counters of `checks`, one for one.
+    pub targets: Vec<Target<'a>>,
 }

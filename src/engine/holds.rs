@@ -396,14 +396,20 @@ pub fn place(
     if decision.verdict != Verdict::Allow {
         return false;
     }
+    debug_assert_eq!(
+        decision.targets.len(),
+        decision.checks.len(),
+        "a check that reserves"
+    );
     let wants: Vec<Want<'_>> = decision
         .checks
         .iter()
-        .map(|c| Want {
+        .zip(&decision.targets)
+        .map(|(c, t)| Want {
             kind: c.kind,
-            limit: c.limit,
-            counter: c.counter,
-            rule: c.rule,
+            limit: t.limit,
+            counter: t.counter,
+            rule: t.rule,
             max: c.max,
         })
         .collect();
@@ -419,7 +425,8 @@ pub fn place(
         Reserved::NoRoom(i) => {
             drop(wants);
             let c = &mut decision.checks[i];
-            let v = c.counter.view(c.rule, now);
+            let t = decision.targets[i];
+            let v = t.counter.view(t.rule, now);
             c.used = v.used;
             c.held = v.held;
             c.exceeded = true;

@@ -31,6 +31,9 @@ const SERIES: &[&str] = &[
     "heimdall_dedup_bytes",
     "heimdall_dedup_keys_evicted_total",
     "heimdall_dedup_keys_unwritten_total",
+    "heimdall_holds",
+    "heimdall_hold_events_total",
+    "heimdall_hold_overruns_total",
 ];
 
 async fn sqlite_app(configure: impl FnOnce(&mut heimdall::Config)) -> (TestApp, TestDb) {

@@ -80,6 +80,7 @@ impl CheckRequest {
             model: self.model.as_deref().unwrap_or(""),
             user_id: self.user_id.as_deref(),
             request_type: self.request_type.as_deref(),
+            reserve: self.reserve.is_some(),
         }
     }
 
@@ -482,6 +483,9 @@ fn reservation<'a>(
             Err(e) => return bad(format!("hold_ttl: {e}")),
         },
     };
+    if req.attempt.is_some_and(|a| a > i64::MAX as u64) {
+        return bad(format!("attempt: must be at most {}", i64::MAX));
+    }
     let Some(reserve) = &req.reserve else {
         return Ok(None);
     };
