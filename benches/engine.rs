@@ -150,7 +150,7 @@ fn bench(c: &mut Criterion) {
                 next = (next + 1) % ids.len();
                 let started = std::time::Instant::now();
                 let mut d = check(black_box(&s), &policy, black_box(&reserving), &[], NOW);
-                let placed = heimdall::engine::holds::place(
+                let placed = heimdall::engine::reserve::place(
                     &holds,
                     &mut d,
                     &ids[next],

@@ -11,6 +11,7 @@ pub mod dirty;
 pub mod entities;
 pub mod holds;
 pub mod level;
+pub mod reserve;
 pub mod rollup;
 pub mod store;
 pub mod usage;

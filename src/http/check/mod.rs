@@ -14,16 +14,23 @@ use uuid::Uuid;
 
 use super::error::{ApiError, ErrorBody};
 use super::extract::ApiJson;
-use crate::config::{AckMode, Config};
-use crate::domain::time::{now_micros, serialize_rfc3339, write_rfc3339, MICROS_PER_SECOND};
+use crate::config::AckMode;
+use crate::domain::time::{now_micros, serialize_rfc3339, MICROS_PER_SECOND};
 use crate::domain::{Micros, Money};
 use crate::engine::check::Verdict;
 use crate::engine::check::{check, CheckInput, Decision, EntityRef, LimitCheck};
-use crate::engine::holds::{self, Amounts, Hold};
 use crate::engine::level::{Level, LimitKind};
+use crate::engine::reserve::place as reserve_holds;
 use crate::http::state::AppState;
 use crate::http::usage::DURABLE_TIMEOUT;
 use crate::telemetry::HoldEvent;
+
+mod json;
+mod reserve;
+
+pub use json::write_decision;
+use reserve::reservation;
+pub use reserve::{Affordable, HoldView, ReserveBody, ReservedView};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(check_request))
@@ -57,18 +64,6 @@ pub struct CheckRequest {
     /// How long the hold lasts unless settled (default config `hold_ttl`, at most
     /// `hold_max_ttl`), e.g. `5m`.
     pub hold_ttl: Option<String>,
-}
-
-/// What a hold reserves: cost (USD) on budgets, tokens on token limits; one request on request
-/// limits always.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-pub struct ReserveBody {
-    /// Dollars, finite ≥ 0; default 0.
-    #[schema(minimum = 0)]
-    pub cost: Option<f64>,
-    /// Default 0.
-    #[schema(minimum = 0)]
-    pub tokens: Option<i64>,
 }
 
 impl CheckRequest {
@@ -157,67 +152,6 @@ pub struct DecisionBody<'a> {
     pub hold: Option<HoldView>,
 }
 
-/// The most a request can still spend.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-pub struct Affordable {
-    /// Dollars.
-    pub cost: Option<f64>,
-    pub tokens: Option<i64>,
-}
-
-impl Affordable {
-    fn of(checks: &[LimitCheck<'_>]) -> Affordable {
-        let room = |kind: LimitKind| {
-            checks
-                .iter()
-                .filter(|c| c.kind == kind)
-                .map(|c| c.max.saturating_sub(c.used).saturating_sub(c.held).max(0))
-                .min()
-        };
-        Affordable {
-            cost: room(LimitKind::Budget).map(|n| Money::from_nanos(n).to_usd()),
-            tokens: room(LimitKind::Tokens),
-        }
-    }
-}
-
-/// A hold, as `/v1/check` and `/v1/holds/…` show it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct HoldView {
-    pub request_id: String,
-    pub attempt: u64,
-    #[serde(serialize_with = "serialize_rfc3339")]
-    #[schema(value_type = String, format = DateTime)]
-    pub expires_at: Micros,
-    pub reserved: ReservedView,
-}
-
-/// What a hold sets aside on each counter of its kind.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-pub struct ReservedView {
-    /// Dollars, on every budget.
-    pub cost: f64,
-    /// On every token limit.
-    pub tokens: i64,
-    /// On every request limit (always 1).
-    pub requests: i64,
-}
-
-impl HoldView {
-    pub fn new(h: &Hold) -> HoldView {
-        HoldView {
-            request_id: h.request_id.clone(),
-            attempt: h.attempt,
-            expires_at: h.expires_at,
-            reserved: ReservedView {
-                cost: Money::from_nanos(h.reserved.cost).to_usd(),
-                tokens: h.reserved.tokens,
-                requests: h.reserved.requests,
-            },
-        }
-    }
-}
-
 /// A used or maximum amount: dollars for budgets, a count for tokens and requests.
 #[derive(Debug, Clone, Copy)]
 pub enum Amount {
@@ -289,128 +223,6 @@ pub enum DecisionOrError {
     Error(ErrorBody),
 }
 
-/// Writes `d` as the JSON of `DecisionBody`, by hand: this body is the largest the hot path
-/// sends (one entry per evaluated limit), and writing it directly is several times faster
-/// than serde's field-by-field serialisation. A test keeps the two identical.
-pub fn write_decision(d: &Decision<'_>, out: &mut Vec<u8>) {
-    fn text(out: &mut Vec<u8>, s: &str) {
-        // serde_json escapes arbitrary strings; writing to a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, s);
-    }
-    fn opt_text(out: &mut Vec<u8>, s: Option<&str>) {
-        match s {
-            Some(s) => text(out, s),
-            None => out.extend_from_slice(b"null"),
-        }
-    }
-    fn uuid(out: &mut Vec<u8>, id: Option<Uuid>) {
-        match id {
-            Some(id) => {
-                out.push(b'"');
-                out.extend_from_slice(
-                    id.hyphenated()
-                        .encode_lower(&mut Uuid::encode_buffer())
-                        .as_bytes(),
-                );
-                out.push(b'"');
-            }
-            None => out.extend_from_slice(b"null"),
-        }
-    }
-    fn number<T: Serialize>(out: &mut Vec<u8>, n: T) {
-        let _ = serde_json::to_writer(&mut *out, &n);
-    }
-    fn amount_json(out: &mut Vec<u8>, a: Amount) {
-        match a {
-            Amount::Usd(v) => number(out, v),
-            Amount::Count(n) => number(out, n),
-        }
-    }
-    let body = DecisionBody::new(d);
-    out.extend_from_slice(if body.allowed {
-        b"{\"allowed\":true"
-    } else {
-        b"{\"allowed\":false"
-    });
-    out.extend_from_slice(b",\"decision\":");
-    text(out, body.decision);
-    out.extend_from_slice(b",\"status_code\":");
-    number(out, body.status_code);
-    out.extend_from_slice(b",\"message\":");
-    text(out, body.message);
-    out.extend_from_slice(b",\"virtual_key_id\":");
-    uuid(out, body.virtual_key_id);
-    out.extend_from_slice(b",\"virtual_key_name\":");
-    opt_text(out, body.virtual_key_name);
-    out.extend_from_slice(b",\"team_id\":");
-    uuid(out, body.team_id);
-    out.extend_from_slice(b",\"team_name\":");
-    opt_text(out, body.team_name);
-    out.extend_from_slice(b",\"customer_id\":");
-    uuid(out, body.customer_id);
-    out.extend_from_slice(b",\"customer_name\":");
-    opt_text(out, body.customer_name);
-    out.extend_from_slice(b",\"include_only_key_ids\":");
-    let _ = serde_json::to_writer(&mut *out, body.include_only_key_ids);
-    out.extend_from_slice(b",\"checks\":[");
-    for (i, c) in body.checks.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(b"{\"level\":\"");
-        out.extend_from_slice(level_name(c.level).as_bytes());
-        out.extend_from_slice(b"\",\"id\":");
-        match c.id.0 {
-            EntityRef::Id(id) => uuid(out, Some(id)),
-            EntityRef::Name(name) => text(out, name),
-        }
-        out.extend_from_slice(b",\"kind\":\"");
-        out.extend_from_slice(kind_name(c.kind).as_bytes());
-        out.extend_from_slice(b"\",\"used\":");
-        amount_json(out, c.used);
-        out.extend_from_slice(b",\"held\":");
-        amount_json(out, c.held);
-        out.extend_from_slice(b",\"max\":");
-        amount_json(out, c.max);
-        out.extend_from_slice(b",\"resets_at\":\"");
-        let mut buf = [0u8; 27];
-        let len = write_rfc3339(c.resets_at, &mut buf);
-        out.extend_from_slice(&buf[..len]);
-        out.extend_from_slice(if c.exceeded {
-            b"\",\"exceeded\":true}"
-        } else {
-            b"\",\"exceeded\":false}"
-        });
-    }
-    out.extend_from_slice(b"],\"max_affordable\":");
-    let _ = serde_json::to_writer(&mut *out, &body.max_affordable);
-    if let Some(hold) = &body.hold {
-        out.extend_from_slice(b",\"hold\":");
-        let _ = serde_json::to_writer(&mut *out, hold);
-    }
-    out.push(b'}');
-}
-
-fn level_name(level: Level) -> &'static str {
-    match level {
-        Level::Provider => "provider",
-        Level::Model => "model",
-        Level::User => "user",
-        Level::ProviderConfig => "provider_config",
-        Level::VirtualKey => "virtual_key",
-        Level::Team => "team",
-        Level::Customer => "customer",
-    }
-}
-
-fn kind_name(kind: LimitKind) -> &'static str {
-    match kind {
-        LimitKind::Budget => "budget",
-        LimitKind::Tokens => "tokens",
-        LimitKind::Requests => "requests",
-    }
-}
-
 /// Seconds until `at`, rounded up, at least 1.
 fn retry_after(at: Micros, now: Micros) -> u64 {
     let micros = (at - now).max(1) as u64;
@@ -456,62 +268,6 @@ fn validate(req: &CheckRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// A valid `reserve`: whose hold, how much, until when.
-struct Reservation<'a> {
-    request_id: &'a str,
-    attempt: u64,
-    amounts: Amounts,
-    ttl: Micros,
-}
-
-/// The reservation a valid body asks for, if any (400 for a bad one).
-fn reservation<'a>(
-    req: &'a CheckRequest,
-    config: &Config,
-) -> Result<Option<Reservation<'a>>, ApiError> {
-    let bad = |m: String| Err(ApiError::InvalidRequest(m));
-    let ttl = match &req.hold_ttl {
-        None => config.hold_ttl,
-        Some(text) => match crate::config::parse_duration(text) {
-            Ok(ttl) if ttl > config.hold_max_ttl => {
-                return bad(format!(
-                    "hold_ttl: must be at most hold_max_ttl ({} s)",
-                    config.hold_max_ttl.as_secs()
-                ))
-            }
-            Ok(ttl) => ttl,
-            Err(e) => return bad(format!("hold_ttl: {e}")),
-        },
-    };
-    if req.attempt.is_some_and(|a| a > i64::MAX as u64) {
-        return bad(format!("attempt: must be at most {}", i64::MAX));
-    }
-    let Some(reserve) = &req.reserve else {
-        return Ok(None);
-    };
-    let Some(request_id) = req.request_id.as_deref().filter(|r| !r.is_empty()) else {
-        return bad("reserve: needs a request_id (the hold is that request's)".to_owned());
-    };
-    let cost = match Money::from_usd(reserve.cost.unwrap_or(0.0)) {
-        Ok(cost) => cost.nanos(),
-        Err(e) => return bad(format!("reserve.cost: {e}")),
-    };
-    let tokens = reserve.tokens.unwrap_or(0);
-    if tokens < 0 {
-        return bad("reserve.tokens: must be an integer ≥ 0".to_owned());
-    }
-    Ok(Some(Reservation {
-        request_id,
-        attempt: req.attempt.unwrap_or(0),
-        amounts: Amounts {
-            cost,
-            tokens,
-            requests: 1,
-        },
-        ttl: ttl.as_micros().min(i64::MAX as u128) as Micros,
-    }))
-}
-
 /// Decodes and validates one `/v1/check` body as the handler does. For fuzzing.
 pub fn decode_check(body: &[u8]) -> Result<CheckRequest, ApiError> {
     let req: CheckRequest = serde_json::from_slice(body)
@@ -547,7 +303,7 @@ pub async fn check_request(
     let mut placed = false;
     if let Some(r) = &reserve {
         let allowed = decision.verdict == Verdict::Allow;
-        placed = holds::place(
+        placed = reserve_holds(
             &state.holds,
             &mut decision,
             r.request_id,

@@ -12,18 +12,20 @@ use utoipa::ToSchema;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
-use super::check::MAX_STRING;
 use super::error::{ApiError, ErrorBody, ItemError};
 use super::extract::{ApiJson, ApiJsonBytes};
 use crate::config::AckMode;
 use crate::domain::time::now_micros;
-use crate::domain::{Micros, Money};
+use crate::domain::Micros;
 use crate::engine::capture::Entered;
-use crate::engine::dedup::{dedup_key, DedupKey, Phase};
 use crate::engine::store::Snapshot;
 use crate::engine::usage::{apply, Charge, UsageEvent};
 use crate::http::state::AppState;
 use crate::telemetry::HoldEvent;
+
+mod validate;
+
+use validate::Valid;
 
 pub fn router(batch_max_body_bytes: usize) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -149,73 +151,6 @@ fn per_item(body: &[u8]) -> Result<Parsed<'_>, ApiError> {
         }
     }
     Ok((parsed, errors))
-}
-
-/// A validated update, ready to apply.
-#[derive(Debug)]
-struct Valid<'a> {
-    event: UsageEvent<'a>,
-    dedup: Option<DedupKey>,
-    /// The hold this update settles (a final phase with a request id).
-    settles: Option<(&'a str, u64)>,
-}
-
-fn text<'a>(field: &str, value: &'a Option<Text<'_>>) -> Result<Option<&'a str>, String> {
-    match value.as_ref().map(|t| t.0.as_ref()) {
-        Some(v) if v.len() > MAX_STRING => {
-            Err(format!("{field}: must be at most {MAX_STRING} bytes"))
-        }
-        Some(v) if v.contains('\0') => Err(format!("{field}: must not contain NUL characters")),
-        Some(v) => Ok(Some(v)),
-        None => Ok(None),
-    }
-}
-
-impl UsageUpdate<'_> {
-    fn validate(&self) -> Result<Valid<'_>, String> {
-        let virtual_key = text("virtual_key", &self.virtual_key)?;
-        let provider = text("provider", &self.provider)?.unwrap_or("");
-        let model = text("model", &self.model)?.unwrap_or("");
-        let user_id = text("user_id", &self.user_id)?;
-        let request_id = text("request_id", &self.request_id)?;
-        let tokens = self.tokens_used.unwrap_or(0);
-        if tokens < 0 {
-            return Err("tokens_used: must be an integer ≥ 0".to_owned());
-        }
-        let cost = Money::from_usd(self.cost.unwrap_or(0.0)).map_err(|e| format!("cost: {e}"))?;
-        let event = UsageEvent {
-            virtual_key,
-            provider,
-            model,
-            user_id,
-            success: self.success.unwrap_or(true),
-            tokens,
-            cost,
-            is_streaming: self.is_streaming.unwrap_or(false),
-            is_final_chunk: self.is_final_chunk.unwrap_or(false),
-            has_usage_data: self.has_usage_data.unwrap_or(false),
-        };
-        let phase = if !event.is_streaming || event.is_final_chunk {
-            Some(Phase::Final)
-        } else {
-            self.chunk_index.map(Phase::Chunk)
-        };
-        let request_id = request_id.filter(|r| !r.is_empty());
-        let attempt = self.attempt.unwrap_or(0);
-        let dedup = match (request_id, phase) {
-            (Some(id), Some(phase)) => Some(dedup_key(id, attempt, phase)),
-            _ => None,
-        };
-        let settles = match (request_id, phase) {
-            (Some(id), Some(Phase::Final)) => Some((id, attempt)),
-            _ => None,
-        };
-        Ok(Valid {
-            event,
-            dedup,
-            settles,
-        })
-    }
 }
 
 /// Applies one valid update unless it is a repeat; true when applied. Everything it changes
