@@ -170,6 +170,14 @@ fn bench(c: &mut Criterion) {
             timed
         })
     });
+    // The same plain check while holds are live somewhere: it reads each counter's `held`.
+    let with_holds = CheckInput {
+        holds: true,
+        ..input
+    };
+    c.bench_function("check_5_levels_holds_live", |b| {
+        b.iter(|| check(black_box(&s), &policy, black_box(&with_holds), &[], NOW).verdict)
+    });
     c.bench_function("check_decision_json", |b| {
         b.iter(|| {
             let d = check(black_box(&s), &policy, black_box(&input), &[], NOW);

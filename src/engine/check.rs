@@ -30,6 +30,8 @@ const MODELLESS_REQUEST_TYPES: &[&str] = &["list_models", "mcp_tool_execution"];
 
 struct Evaluator<'a> {
     now: Micros,
+    /// Whether any hold is live: otherwise every counter's `held` is 0 and is not read.
+    held: bool,
     targets: Option<Vec<Target<'a>>>,
     checks: Vec<LimitCheck<'a>>,
     failure: Option<(Verdict, Cow<'static, str>, Option<Micros>)>,
@@ -47,14 +49,14 @@ impl<'a> Evaluator<'a> {
         let mut requests = None;
         if let Some(max) = rl.spec.tokens.max {
             let rule = rl.token_rule();
-            let v = rl.tokens.view(rule, self.now);
+            let v = rl.tokens.view_with(rule, self.now, self.held);
             let exceeded = self.push(level, id, LimitKind::Tokens, v, max);
             self.target(rl.id, &rl.tokens, rule);
             tokens = exceeded.then_some((v, max));
         }
         if let Some(max) = rl.spec.requests.max {
             let rule = rl.request_rule();
-            let v = rl.requests.view(rule, self.now);
+            let v = rl.requests.view_with(rule, self.now, self.held);
             let exceeded = self.push(level, id, LimitKind::Requests, v, max);
             self.target(rl.id, &rl.requests, rule);
             requests = exceeded.then_some((v, max));
@@ -92,7 +94,7 @@ impl<'a> Evaluator<'a> {
     }
 
     fn budget(&mut self, level: Level, id: EntityRef<'a>, b: &'a Budget) {
-        let v = b.view(self.now);
+        let v = b.counter.view_with(&b.rule, self.now, self.held);
         let max = b.spec.max.nanos();
         let exceeded = self.push(level, id, LimitKind::Budget, v, max);
         self.target(b.id, &b.counter, &b.rule);
@@ -265,6 +267,7 @@ pub fn check<'a>(
 
     let mut ev = Evaluator {
         now,
+        held: input.holds,
         targets: input.reserve.then(|| Vec::with_capacity(16)),
         checks: Vec::with_capacity(16),
         failure: None,

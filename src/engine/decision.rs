@@ -24,6 +24,10 @@ pub struct CheckInput<'a> {
     /// The check will reserve: it also collects the counters a hold would take
     /// ([`Decision::targets`]).
     pub reserve: bool,
+    /// Whether any hold is live (this process's or another's it knows): only then does the
+    /// check read what holds set aside. A hold placed after this was read is one the check
+    /// ran before.
+    pub holds: bool,
 }
 
 /// Check settings from the configuration.

@@ -85,9 +85,15 @@ impl Counter {
 
     /// The counter's state at `now`, without changing it.
     pub fn view(&self, rule: &WindowRule, now: Micros) -> CounterView {
+        self.view_with(rule, now, true)
+    }
+
+    /// [`Counter::view`], reading what holds set aside only when `held` (with no hold live
+    /// anywhere it is 0, and the read is saved).
+    pub fn view_with(&self, rule: &WindowRule, now: Micros, held: bool) -> CounterView {
         let start = self.start.load(Ordering::Acquire);
         let end = self.end.load(Ordering::Acquire);
-        let held = self.held();
+        let held = if held { self.held() } else { 0 };
         if now < end {
             return CounterView {
                 used: self.used(),

@@ -76,6 +76,7 @@ impl CheckRequest {
             user_id: self.user_id.as_deref(),
             request_type: self.request_type.as_deref(),
             reserve: self.reserve.is_some(),
+            holds: true,
         }
     }
 
@@ -296,7 +297,8 @@ pub async fn check_request(
     validate(&req)?;
     let reserve = reservation(&req, &state.config)?;
     let now = now_micros();
-    let input = req.input();
+    let mut input = req.input();
+    input.holds = !state.holds.is_empty();
     let header_names = req.header_names();
     let snapshot = state.store.guard();
     let mut decision = check(&snapshot, &state.policy, &input, &header_names, now);
