@@ -289,6 +289,7 @@ pub fn decode_check(body: &[u8]) -> Result<CheckRequest, ApiError> {
         (status = 413, body = ErrorBody),
         (status = 415, body = ErrorBody),
         (status = 429, description = "Rate limited", body = DecisionBody),
+        (status = 503, description = "ack = durable: a hold was placed but could not be committed in time (retry with the same request_id and attempt)", body = ErrorBody),
     ))]
 pub async fn check_request(
     State(state): State<AppState>,
