@@ -151,7 +151,7 @@ fn counters_of(text: &str) -> Result<Vec<Held>, DbError> {
         .collect()
 }
 
-/// A hold as the journal's entries carry it (JSON).
+/// A hold as its row and the journal's entries store it (`counters` as JSON text).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoredHold {
     pub request_id: String,
@@ -201,19 +201,15 @@ pub async fn load(c: &mut Conn) -> Result<Vec<Hold>, DbError> {
     .await?;
     rows.iter()
         .map(|r| {
-            Ok(Hold {
+            StoredHold {
                 request_id: r.try_get(0)?,
                 attempt: r.try_get::<i64, _>(1)?.max(0) as u64,
                 writer: r.try_get(2)?,
                 expires_at: r.try_get(3)?,
-                reserved: Amounts {
-                    cost: r.try_get(4)?,
-                    tokens: r.try_get(5)?,
-                    requests: r.try_get(6)?,
-                },
-                counters: counters_of(&r.try_get::<String, _>(7)?)?,
-                seq: 0,
-            })
+                reserved: (r.try_get(4)?, r.try_get(5)?, r.try_get(6)?),
+                counters: r.try_get(7)?,
+            }
+            .hold()
         })
         .collect()
 }

@@ -26,8 +26,8 @@ impl Worker {
     }
 
     /// Deletes the database's idempotency keys that expire before `before`, a bounded batch
-    /// per statement and at most [`PURGE_BATCHES`] batches; every [`PURGE_EVERY`] ticks, old
-    /// commit marks too. How many keys went.
+    /// per statement and at most [`PURGE_BATCHES`] batches; every [`PURGE_EVERY`] ticks, long
+    /// expired holds and old commit marks too. How many keys went.
     pub async fn purge_dedup(&self, before: Micros, ticks: u64) -> Result<u64, DbError> {
         let mut purged = 0;
         let mut conn = self.db.acquire().await?;
@@ -38,10 +38,12 @@ impl Worker {
                 break;
             }
         }
-        // Holds and notes an hour past their TTL: their writers are gone or long done.
-        crate::db::holds::purge(&mut conn, now_micros() - HOLDS_KEPT).await?;
-        if ticks % PURGE_EVERY == 0 && self.db.journals() {
-            marks::purge(&mut conn, now_micros() - MARKS_KEPT).await?;
+        if ticks % PURGE_EVERY == 0 {
+            // Holds and notes an hour past their TTL: their writers are gone or long done.
+            crate::db::holds::purge(&mut conn, now_micros() - HOLDS_KEPT).await?;
+            if self.db.journals() {
+                marks::purge(&mut conn, now_micros() - MARKS_KEPT).await?;
+            }
         }
         Ok(purged)
     }
@@ -59,5 +61,5 @@ const MARKS_KEPT: Micros = 7 * 24 * 3600 * 1_000_000;
 /// it themselves.
 const HOLDS_KEPT: Micros = 3600 * 1_000_000;
 
-/// Purge old commit marks every this many ticks.
+/// Purge long expired holds and old commit marks every this many ticks.
 pub(super) const PURGE_EVERY: u64 = 300;

@@ -376,26 +376,38 @@ async fn the_tighter_of_two_nearly_full_budgets_bounds_the_reserves() {
     db.drop_db().await;
 }
 
+/// POSTs `body` to `path` of the service at `base`: the status and the JSON answer.
+async fn post_to(client: &reqwest::Client, base: &str, path: &str, body: Value) -> (u16, Value) {
+    let resp = client
+        .post(format!("{base}{path}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
 /// With `ack = "durable"`, a hold acknowledged before `kill -9` is held after the restart and
 /// settles normally.
 async fn a_durable_hold_survives_kill_9(db: &TestDb) {
     let env = [("HEIMDALL__ACK", "durable")];
     let (child, base) = common::spawn_binary(db, &env).await;
     let client = reqwest::Client::new();
-    let post = |path: &str, body: Value| {
-        let req = client.post(format!("{base}{path}")).json(&body);
-        async move {
-            let resp = req.send().await.unwrap();
-            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
-        }
-    };
-    let (_, created) = post(
+    let (_, created) = post_to(
+        &client,
+        &base,
         "/api/governance/virtual-keys",
         json!({"name": "k", "budget": {"max_limit": 1.0, "reset_duration": "1d"}}),
     )
     .await;
     let value = created["virtual_key"]["value"].as_str().unwrap().to_owned();
-    let (status, d) = post("/v1/check", reserve(&value, "survivor", 0.8)).await;
+    let (status, d) = post_to(
+        &client,
+        &base,
+        "/v1/check",
+        reserve(&value, "survivor", 0.8),
+    )
+    .await;
     assert_eq!(status, 200, "{d}");
     common::signal(child, "KILL").await;
 
@@ -406,24 +418,26 @@ async fn a_durable_hold_survives_kill_9(db: &TestDb) {
         .await
         .unwrap();
     assert_eq!(get.status().as_u16(), 200);
-    let post = |path: &str, body: Value| {
-        let req = client.post(format!("{base}{path}")).json(&body);
-        async move {
-            let resp = req.send().await.unwrap();
-            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
-        }
-    };
     assert_eq!(
-        post("/v1/check", reserve(&value, "newcomer", 0.3)).await.0,
+        post_to(
+            &client,
+            &base,
+            "/v1/check",
+            reserve(&value, "newcomer", 0.3)
+        )
+        .await
+        .0,
         402
     );
-    let (status, _) = post(
+    let (status, _) = post_to(
+        &client,
+        &base,
         "/v1/usage",
         json!({"virtual_key": value, "request_id": "survivor", "cost": 0.5}),
     )
     .await;
     assert_eq!(status, 202);
-    let (_, d) = post("/v1/check", json!({"virtual_key": value})).await;
+    let (_, d) = post_to(&client, &base, "/v1/check", json!({"virtual_key": value})).await;
     let budget = check_of(&d, "virtual_key", "budget");
     assert_eq!(
         (budget["used"].clone(), budget["held"].clone()),

@@ -116,14 +116,9 @@ impl Counter {
         self.held.load(Ordering::Acquire)
     }
 
-    /// Sets aside `amount` for one of this process's holds (negative: gives it back).
+    /// Sets aside `amount` for a hold, this process's or another's (negative: gives it back).
     pub fn hold(&self, amount: i64) {
         self.held.fetch_add(amount, Ordering::AcqRel);
-    }
-
-    /// Counts (or, negative, stops counting) `amount` of another replica's hold.
-    pub fn hold_foreign(&self, amount: i64) {
-        self.hold(amount);
     }
 
     fn used(&self) -> i64 {

@@ -4,13 +4,13 @@
 //! A hold adds its amounts to the `held` of every counter the check evaluated. Reserving is
 //! all or nothing and exact: one lock serialises reserves, and under it each counter is tested
 //! (`used + held + amount <= max`) before any is taken, so concurrent reserves never admit more
-//! than fits and a refused one leaves no trace. Usage, plain checks and releases never take the
-//! lock (they are atomic adds and loads); a release frees a hold's capacity exactly once,
-//! because only the one that removes it from the book frees it.
+//! than fits and a refused one leaves no trace. Usage and plain checks never take the lock (they
+//! are atomic adds and loads); every change of `held` happens under it, and a hold's capacity
+//! is freed exactly once, by whoever removes it from the book (settle, release or expiry).
 //!
-//! The book also holds other replicas' holds as the read-back finds them in the database
-//! ("foreign": counted in the counters' `foreign_held`), so that a hold placed on one replica
-//! can be settled or released through another. Expiry comes from a due-queue ordered by
+//! The book also holds other replicas' holds as the read-back finds them in the database, and
+//! counts them in `held` too, so that a hold placed on one replica can be settled or released
+//! through another. Expiry comes from a due-queue ordered by
 //! expiry, never from a scan of every hold.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -88,19 +88,6 @@ pub struct Want<'a> {
     pub max: i64,
 }
 
-/// How a hold ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
-    /// Its usage arrived (final phase), or the request failed.
-    Settled,
-    /// Released early (`DELETE /v1/holds/…`).
-    Released,
-    /// Not settled within its TTL.
-    Expired,
-    /// Ended through another replica (the read-back found it gone).
-    Elsewhere,
-}
-
 /// What a reserve did.
 #[derive(Debug)]
 pub enum Reserved {
@@ -129,8 +116,8 @@ struct Book {
     due: BTreeMap<(Micros, u64), HoldKey>,
     /// The sequence number of the last hold entered.
     seq: u64,
-    /// This process's holds not yet written, and ended holds whose rows are not yet deleted
-    /// (with the writer that placed each).
+    /// This process's holds not yet written, and ended holds (anyone's) whose rows are not
+    /// yet deleted.
     placed: Vec<Arc<Hold>>,
     ended: Vec<Arc<Hold>>,
 }
@@ -147,10 +134,6 @@ pub struct HoldChanges {
 impl HoldChanges {
     pub fn is_empty(&self) -> bool {
         self.placed.is_empty() && self.ended.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.placed.len() + self.ended.len()
     }
 }
 
@@ -272,14 +255,9 @@ impl Holds {
         let hold = book.live.remove(key)?;
         book.due.remove(&(hold.expires_at, hold.seq));
         self.count.store(book.live.len(), Ordering::Release);
-        let own = hold.writer == self.me;
         for held in &hold.counters {
             if let Some(counter) = &held.counter {
-                if own {
-                    counter.hold(-held.amount);
-                } else {
-                    counter.hold_foreign(-held.amount);
-                }
+                counter.hold(-held.amount);
             }
         }
         Some(hold)
@@ -325,15 +303,14 @@ impl Holds {
     /// processes, which are counted from now on (those gone from it stop being counted), and
     /// the notes that holds of this process ended elsewhere (settled or released through
     /// another replica), whose capacity is freed. Holds whose TTL is over at `now` are left
-    /// out. `resolve` finds this process's counter of a limit. Returns this process's holds
-    /// that ended elsewhere.
+    /// out. `resolve` finds this process's counter of a limit.
     pub fn absorb(
         &self,
         stored: Vec<Hold>,
         ended_elsewhere: &[HoldKey],
         now: Micros,
         resolve: impl Fn(LimitKind, Uuid) -> Option<Arc<Counter>>,
-    ) -> Vec<Arc<Hold>> {
+    ) {
         let mut book = self.book();
         let pending_end: HashSet<HoldKey> = book.ended.iter().map(|h| h.key()).collect();
         let mut in_db: HashSet<HoldKey> = HashSet::with_capacity(stored.len());
@@ -350,7 +327,7 @@ impl Holds {
             for held in &mut hold.counters {
                 held.counter = resolve(held.kind, held.limit);
                 if let Some(counter) = &held.counter {
-                    counter.hold_foreign(held.amount);
+                    counter.hold(held.amount);
                 }
             }
             book.seq += 1;
@@ -365,15 +342,9 @@ impl Holds {
             .map(|(key, _)| key.clone())
             .collect();
         gone.extend(ended_elsewhere.iter().cloned());
-        let mut own_ended = Vec::new();
         for key in gone {
-            if let Some(hold) = self.remove(&mut book, &key) {
-                if hold.writer == self.me {
-                    own_ended.push(hold);
-                }
-            }
+            self.remove(&mut book, &key);
         }
         self.count.store(book.live.len(), Ordering::Release);
-        own_ended
     }
 }
