@@ -29,6 +29,7 @@ WORKDIR /var/lib/heimdall
 ENV HEIMDALL_LISTEN=0.0.0.0:8080 \
     HEIMDALL_DATABASE_URL=sqlite:///var/lib/heimdall/heimdall.db
 VOLUME ["/var/lib/heimdall"]
-EXPOSE 8080
+# 8081: Envoy's rate limit service, when HEIMDALL__GRPC_LISTEN=0.0.0.0:8081 is set.
+EXPOSE 8080 8081
 ENTRYPOINT ["/usr/local/bin/heimdall"]
 CMD ["serve"]

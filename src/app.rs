@@ -41,6 +41,8 @@ pub enum StartError {
 
 pub struct App {
     listener: TcpListener,
+    /// Envoy's rate limit service, when `grpc_listen` is set.
+    grpc: Option<TcpListener>,
     state: AppState,
 }
 
@@ -116,6 +118,14 @@ impl App {
                     addr: config.listen,
                     source,
                 })?;
+        let grpc = match config.grpc_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         let store = Arc::new(Store::new(snapshot));
         let dedup = Arc::new(dedup);
         let rollups = Arc::new(Rollups::default());
@@ -164,7 +174,11 @@ impl App {
         }));
         // Windows that ended while the service was down are reset now, at every level.
         state.worker.flush_once().await?;
-        Ok(App { listener, state })
+        Ok(App {
+            listener,
+            grpc,
+            state,
+        })
     }
 
     /// The shared state (tests drive the worker through it).
@@ -176,6 +190,11 @@ impl App {
         self.listener
             .local_addr()
             .expect("a bound listener has a local address")
+    }
+
+    /// The address of the rate limit service (gRPC), when `grpc_listen` is set.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish,
@@ -196,7 +215,39 @@ impl App {
         tasks.close();
         tracing::info!(listen = %self.local_addr(), "heimdall serving");
         let limits = crate::http::serve::ConnectionLimits::of(&self.state.config);
-        crate::http::serve::serve(self.listener, router, limits, shutdown).await;
+        // One shutdown for both servers: each stops accepting and drains its calls in flight.
+        let stop = CancellationToken::new();
+        let stopping = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stopping.cancel();
+        });
+        let http = crate::http::serve::serve(
+            self.listener,
+            router,
+            limits,
+            stop.clone().cancelled_owned(),
+        );
+        match self.grpc {
+            Some(listener) => {
+                let grpc = crate::grpc::serve(
+                    listener,
+                    self.state.clone(),
+                    stop.clone().cancelled_owned(),
+                );
+                let stop_http = stop.clone();
+                let (_, served) = tokio::join!(http, async move {
+                    let served = grpc.await;
+                    // A gRPC server that fails stops the whole service rather than half of it.
+                    stop_http.cancel();
+                    served
+                });
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the rate limit service (gRPC) failed");
+                }
+            }
+            None => http.await,
+        }
         // In-flight requests are done: the final flush sees all they applied.
         cancel.cancel();
         tasks.wait().await;

@@ -64,6 +64,13 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Most open client connections; connections past it are closed at once.
     pub max_connections: usize,
+    /// Address of Envoy's rate limit service (gRPC); empty: not served.
+    #[serde(deserialize_with = "optional_addr")]
+    pub grpc_listen: Option<SocketAddr>,
+    /// Most concurrent gRPC calls on one connection (HTTP/2 streams).
+    pub grpc_max_concurrent_streams: u32,
+    /// Largest accepted gRPC message, in bytes.
+    pub grpc_max_message_bytes: usize,
     pub auth: AuthConfig,
 }
 
@@ -141,6 +148,9 @@ impl Default for Config {
             request_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
+            grpc_listen: None,
+            grpc_max_concurrent_streams: 1024,
+            grpc_max_message_bytes: 64 * 1024,
             auth: AuthConfig::default(),
         }
     }
@@ -258,6 +268,12 @@ impl Config {
         if self.max_connections == 0 {
             return bad("max_connections", "must be at least 1");
         }
+        if self.grpc_max_concurrent_streams == 0 {
+            return bad("grpc_max_concurrent_streams", "must be at least 1");
+        }
+        if self.grpc_max_message_bytes < 1024 {
+            return bad("grpc_max_message_bytes", "must be at least 1024");
+        }
         if self.required_headers.iter().any(|h| h.trim().is_empty()) {
             return bad("required_headers", "names must not be empty");
         }
@@ -321,6 +337,20 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     let parsed = ResetDuration::parse(text).map_err(|e| e.to_string())?;
     Ok(Duration::from_micros(parsed.micros() as u64))
+}
+
+/// A socket address, or the empty string for none.
+fn optional_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "expected an address like 127.0.0.1:8081, got '{text}'"
+        ))
+    })
 }
 
 fn database_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {

@@ -28,7 +28,23 @@ fn config_example_parses_and_matches_the_defaults() {
     assert_eq!(config.request_timeout, defaults.request_timeout);
     assert_eq!(config.idle_timeout, defaults.idle_timeout);
     assert_eq!(config.max_connections, defaults.max_connections);
+    assert_eq!(config.grpc_listen, None);
+    assert_eq!(
+        config.grpc_max_concurrent_streams,
+        defaults.grpc_max_concurrent_streams
+    );
+    assert_eq!(
+        config.grpc_max_message_bytes,
+        defaults.grpc_max_message_bytes
+    );
     assert!(config.auth.is_open());
+    let grpc = Config::load(
+        None,
+        env(&[("HEIMDALL__GRPC_LISTEN", "127.0.0.1:8081")]),
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(grpc.grpc_listen, Some("127.0.0.1:8081".parse().unwrap()));
 }
 
 #[test]
@@ -117,6 +133,9 @@ fn out_of_range_values_are_named() {
         ("HEIMDALL__IDLE_TIMEOUT", "5s"),
         ("HEIMDALL__MAX_CONNECTIONS", "0"),
         ("HEIMDALL__DEDUP_MAX_KEYS", "999"),
+        ("HEIMDALL__GRPC_LISTEN", "localhost"),
+        ("HEIMDALL__GRPC_MAX_CONCURRENT_STREAMS", "0"),
+        ("HEIMDALL__GRPC_MAX_MESSAGE_BYTES", "100"),
     ] {
         let err = Config::load(None, env(&[(key, value)]), &Overrides::default())
             .unwrap_err()

@@ -13,8 +13,8 @@ use crate::domain::limits::DimensionSpec;
 use crate::domain::{BudgetSpec, Money, RateLimitSpec, ResetDuration, TimeZoneName};
 use crate::engine::counter::Counter;
 use crate::engine::{
-    Budget, Customer, Limits, ModelConfig, Provider, ProviderConfig, RateLimit, Snapshot, Team,
-    User, VirtualKey,
+    Budget, Customer, Limits, ModelConfig, Prices, Provider, ProviderConfig, RateLimit, Snapshot,
+    Team, User, VirtualKey,
 };
 
 /// The counters of a snapshot already in memory, by limit id: a reload keeps them, so that
@@ -226,6 +226,14 @@ pub async fn load_snapshot(c: &mut Conn, reuse: Option<&Snapshot>) -> Result<Sna
             model_name: row.try_get("model_name")?,
             provider: row.try_get("provider")?,
             limits: limits.limits(T, &row)?,
+            prices: Prices {
+                input: row
+                    .try_get::<Option<i64>, _>("input_nanos_per_million")?
+                    .map(Money::from_nanos),
+                output: row
+                    .try_get::<Option<i64>, _>("output_nanos_per_million")?
+                    .map(Money::from_nanos),
+            },
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
         };

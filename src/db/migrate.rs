@@ -42,6 +42,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         "holds",
         include_str!("../../migrations/postgres/0007_holds.sql"),
     ),
+    (
+        8,
+        "model_prices",
+        include_str!("../../migrations/postgres/0008_model_prices.sql"),
+    ),
 ];
 const SQLITE: &[(i64, &str, &str)] = &[
     (
@@ -63,6 +68,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         4,
         "holds",
         include_str!("../../migrations/sqlite/0004_holds.sql"),
+    ),
+    (
+        5,
+        "model_prices",
+        include_str!("../../migrations/sqlite/0005_model_prices.sql"),
     ),
 ];
 

@@ -5,6 +5,7 @@ use uuid::Uuid;
 
 use super::rows::{hash_hex, list_json, opt_uuid_text, uuid_text};
 use super::{Conn, DbError};
+use crate::domain::Money;
 use crate::engine::{
     Customer, Limits, ModelConfig, Provider, ProviderConfig, Team, User, VirtualKey,
 };
@@ -174,16 +175,22 @@ pub async fn delete_provider(c: &mut Conn, name: &str) -> Result<(), DbError> {
 pub async fn upsert_model_config(c: &mut Conn, x: &ModelConfig) -> Result<(), DbError> {
     sqlx::query(
         "insert into model_configs (id, model_name, provider, budget_id, rate_limit_id, \
-         created_at, updated_at) values ($1, $2, $3, $4, $5, $6, $7) \
+         input_nanos_per_million, output_nanos_per_million, created_at, updated_at) \
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
          on conflict (id) do update set model_name = excluded.model_name, \
          provider = excluded.provider, budget_id = excluded.budget_id, \
-         rate_limit_id = excluded.rate_limit_id, updated_at = excluded.updated_at",
+         rate_limit_id = excluded.rate_limit_id, \
+         input_nanos_per_million = excluded.input_nanos_per_million, \
+         output_nanos_per_million = excluded.output_nanos_per_million, \
+         updated_at = excluded.updated_at",
     )
     .bind(uuid_text(x.id))
     .bind(x.model_name.clone())
     .bind(x.provider.clone())
     .bind(budget_id(&x.limits))
     .bind(rate_limit_id(&x.limits))
+    .bind(x.prices.input.map(Money::nanos))
+    .bind(x.prices.output.map(Money::nanos))
     .bind(x.created_at)
     .bind(x.updated_at)
     .execute(c)

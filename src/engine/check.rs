@@ -11,7 +11,7 @@ pub use super::decision::{
 use uuid::Uuid;
 
 use super::counter::{Counter, CounterView};
-use super::entities::{Budget, Limits, ProviderConfig, RateLimit, VirtualKey};
+use super::entities::{Budget, Limits, Prices, ProviderConfig, RateLimit, VirtualKey};
 use super::level::{Level, LimitKind};
 use super::store::{ResolvedKey, Snapshot};
 use crate::domain::{Micros, Money, WindowRule};
@@ -215,6 +215,20 @@ pub fn model_configs<'a>(
         .into_iter()
         .chain(entry.and_then(|e| e.global.as_ref()))
         .map(|m| (EntityRef::Id(m.id), &m.limits))
+}
+
+/// The prices that apply to `model` on `provider`: the provider's own model config when it
+/// sets a price, else the model's config for every provider; `None` when neither does.
+pub fn prices_for(s: &Snapshot, model: &str, provider: &str) -> Option<Prices> {
+    let entry = s.models.get(model)?;
+    let specific = (!provider.is_empty())
+        .then(|| entry.by_provider.get(provider))
+        .flatten();
+    specific
+        .into_iter()
+        .chain(entry.global.as_ref())
+        .map(|m| m.prices)
+        .find(Prices::is_set)
 }
 
 /// Runs a check against one snapshot.

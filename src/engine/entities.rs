@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::capture::Side;
 use super::counter::{Counter, CounterView};
-use crate::domain::{BudgetSpec, Micros, RateLimitSpec, WindowRule};
+use crate::domain::{BudgetSpec, Micros, Money, RateLimitSpec, WindowRule};
 
 /// A budget and its usage counter (nano-dollars).
 #[derive(Debug)]
@@ -329,8 +329,34 @@ pub struct ModelConfig {
     pub model_name: String,
     pub provider: Option<String>,
     pub limits: Limits,
+    /// What usage that reports token counts without a cost is charged.
+    pub prices: Prices,
     pub created_at: Micros,
     pub updated_at: Micros,
+}
+
+/// Prices of a model, in dollars per million tokens; `None` where the config sets none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Prices {
+    pub input: Option<Money>,
+    pub output: Option<Money>,
+}
+
+impl Prices {
+    pub fn is_set(&self) -> bool {
+        self.input.is_some() || self.output.is_some()
+    }
+
+    /// The cost of `input` and `output` tokens (a price not set counts as zero), rounded to
+    /// the nanodollar; saturates instead of overflowing.
+    pub fn cost(&self, input: i64, output: i64) -> Money {
+        fn part(tokens: i64, price: Option<Money>) -> i128 {
+            let per_million = i128::from(price.map_or(0, Money::nanos));
+            (i128::from(tokens.max(0)) * per_million + 500_000) / 1_000_000
+        }
+        let nanos = part(input, self.input) + part(output, self.output);
+        Money::from_nanos(i64::try_from(nanos).unwrap_or(i64::MAX))
+    }
 }
 
 /// Governance of one end user, identified by the caller's `user_id`.

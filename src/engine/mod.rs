@@ -18,7 +18,7 @@ pub mod usage;
 
 pub use counter::{Counter, CounterView};
 pub use entities::{
-    Budget, Customer, Limits, ModelConfig, Provider, ProviderConfig, RateLimit, Team, User,
+    Budget, Customer, Limits, ModelConfig, Prices, Provider, ProviderConfig, RateLimit, Team, User,
     VirtualKey,
 };
 pub use store::{ResolvedKey, Snapshot, Store};

@@ -2,7 +2,7 @@
 //! chunk, adds to every counter that governs it.
 
 use super::capture::{Entered, Side};
-use super::check::{hierarchy, model_configs};
+use super::check::{hierarchy, model_configs, prices_for};
 use super::entities::{Limits, VirtualKey};
 use std::sync::Arc;
 
@@ -20,6 +20,11 @@ pub struct UsageEvent<'a> {
     pub success: bool,
     pub tokens: i64,
     pub cost: Money,
+    /// Whether the gateway sent `cost`; without one, `input_tokens` and `output_tokens` are
+    /// priced at the model's prices ([`UsageEvent::priced`]).
+    pub cost_given: bool,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
     pub is_streaming: bool,
     pub is_final_chunk: bool,
     pub has_usage_data: bool,
@@ -34,6 +39,21 @@ pub struct Charge {
 }
 
 impl UsageEvent<'_> {
+    /// The event with its cost at the model's prices (the provider's model config, else the
+    /// model's global one) when the gateway sent no cost but split token counts; a cost the
+    /// gateway sends always wins.
+    pub fn priced(mut self, s: &Snapshot) -> Self {
+        if !self.cost_given
+            && (self.input_tokens > 0 || self.output_tokens > 0)
+            && !self.model.is_empty()
+        {
+            if let Some(prices) = prices_for(s, self.model, self.provider) {
+                self.cost = prices.cost(self.input_tokens, self.output_tokens);
+            }
+        }
+        self
+    }
+
     /// The streaming rules: tokens and cost when not streaming or when the chunk carries
     /// usage data; one request when not streaming or on the final chunk; cost only when > 0.
     pub fn charge(&self) -> Charge {
@@ -85,12 +105,25 @@ pub fn apply<'a>(
     now: Micros,
     entered: &Entered<'_>,
 ) -> Applied<'a> {
+    apply_charge(s, event, &event.charge(), now, entered)
+}
+
+/// Applies `charge` to every counter that governs the subject of `event` (its provider,
+/// model, user and key), whatever the event's own streaming rules would charge: for callers
+/// that count requests and tokens themselves (the Envoy rate limit service's hits).
+pub fn apply_charge<'a>(
+    s: &'a Snapshot,
+    event: &UsageEvent<'_>,
+    charge: &Charge,
+    now: Micros,
+    entered: &Entered<'_>,
+) -> Applied<'a> {
     let side = entered.side();
     let nothing = Applied {
         unknown_key: false,
         key: None,
     };
-    let charge = event.charge();
+    let charge = *charge;
     if charge == Charge::default() {
         return nothing;
     }

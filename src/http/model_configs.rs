@@ -16,8 +16,8 @@ use super::page::{page_response, PageQuery};
 use super::{text_field, Message};
 use crate::db;
 use crate::domain::time::{now_micros, serialize_rfc3339};
-use crate::domain::{Micros, Patch};
-use crate::engine::{Limits, ModelConfig, Snapshot};
+use crate::domain::{Micros, Money, Patch};
+use crate::engine::{Limits, ModelConfig, Prices, Snapshot};
 use crate::http::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -38,6 +38,13 @@ pub struct CreateModelConfig {
     pub provider: Option<String>,
     pub budget: Option<BudgetBody>,
     pub rate_limit: Option<RateLimitBody>,
+    /// USD per million input (prompt) tokens, ≥ 0: prices usage that reports token counts
+    /// without a cost.
+    #[schema(minimum = 0)]
+    pub input_cost_per_million_tokens: Option<f64>,
+    /// USD per million output (completion) tokens, ≥ 0.
+    #[schema(minimum = 0)]
+    pub output_cost_per_million_tokens: Option<f64>,
 }
 
 /// Absent fields stay as they are; `"provider": null` makes the config apply to every
@@ -54,6 +61,13 @@ pub struct UpdateModelConfig {
     #[serde(default)]
     #[schema(value_type = Option<RateLimitBody>)]
     pub rate_limit: Patch<RateLimitBody>,
+    /// `null` removes the price.
+    #[serde(default)]
+    #[schema(value_type = Option<f64>, minimum = 0)]
+    pub input_cost_per_million_tokens: Patch<f64>,
+    #[serde(default)]
+    #[schema(value_type = Option<f64>, minimum = 0)]
+    pub output_cost_per_million_tokens: Patch<f64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -63,6 +77,10 @@ pub struct ModelConfigView {
     pub provider: Option<String>,
     #[serde(flatten)]
     pub limits: LimitsView,
+    /// USD per million input tokens; null when not priced.
+    pub input_cost_per_million_tokens: Option<f64>,
+    /// USD per million output tokens; null when not priced.
+    pub output_cost_per_million_tokens: Option<f64>,
     #[serde(serialize_with = "serialize_rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Micros,
@@ -78,6 +96,8 @@ impl ModelConfigView {
             model_name: m.model_name.clone(),
             provider: m.provider.clone(),
             limits: LimitsView::new(&m.limits, now),
+            input_cost_per_million_tokens: m.prices.input.map(Money::to_usd),
+            output_cost_per_million_tokens: m.prices.output.map(Money::to_usd),
             created_at: m.created_at,
             updated_at: m.updated_at,
         }
@@ -100,6 +120,23 @@ pub struct ModelConfigResponse {
 pub struct ModelConfigMessage {
     pub message: String,
     pub model_config: ModelConfigView,
+}
+
+/// A price from the body: finite, ≥ 0, as dollars per million tokens.
+fn price(field: &str, usd: f64) -> Result<Money, ApiError> {
+    Money::from_usd(usd).map_err(|e| ApiError::InvalidRequest(format!("{field}: {e}")))
+}
+
+fn patch_price(
+    field: &str,
+    old: Option<Money>,
+    patch: Patch<f64>,
+) -> Result<Option<Money>, ApiError> {
+    match patch {
+        Patch::Absent => Ok(old),
+        Patch::Null => Ok(None),
+        Patch::Value(usd) => price(field, usd).map(Some),
+    }
 }
 
 fn check_unique(
@@ -151,6 +188,16 @@ pub async fn create_model_config(
         .as_deref()
         .map(|p| text_field("provider", p))
         .transpose()?;
+    let prices = Prices {
+        input: body
+            .input_cost_per_million_tokens
+            .map(|p| price("input_cost_per_million_tokens", p))
+            .transpose()?,
+        output: body
+            .output_cost_per_million_tokens
+            .map(|p| price("output_cost_per_million_tokens", p))
+            .transpose()?,
+    };
     let mut w = AdminWrite::begin(&state).await;
     let now = w.now;
     let limits = patch_limits(
@@ -167,6 +214,7 @@ pub async fn create_model_config(
         model_name,
         provider,
         limits,
+        prices,
         created_at: now,
         updated_at: now,
     };
@@ -213,6 +261,18 @@ pub async fn update_model_config(
         Patch::Null => None,
         Patch::Value(p) => Some(text_field("provider", &p)?),
     };
+    let prices = Prices {
+        input: patch_price(
+            "input_cost_per_million_tokens",
+            old.prices.input,
+            body.input_cost_per_million_tokens,
+        )?,
+        output: patch_price(
+            "output_cost_per_million_tokens",
+            old.prices.output,
+            body.output_cost_per_million_tokens,
+        )?,
+    };
     check_unique(&w.snapshot, &model_name, provider.as_deref(), Some(old.id))?;
     let now = w.now;
     let limits = patch_limits(
@@ -228,6 +288,7 @@ pub async fn update_model_config(
         model_name,
         provider,
         limits,
+        prices,
         created_at: old.created_at,
         updated_at: now,
     };

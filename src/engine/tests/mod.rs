@@ -97,6 +97,7 @@ fn pc(provider: &str, allowed: &[&str], limits: Limits) -> Arc<ProviderConfig> {
 
 fn model_config(model: &str, provider: Option<&str>, limits: Limits) -> ModelConfig {
     ModelConfig {
+        prices: Default::default(),
         id: Uuid::new_v4(),
         model_name: model.to_owned(),
         provider: provider.map(str::to_owned),

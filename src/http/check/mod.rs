@@ -225,7 +225,7 @@ pub enum DecisionOrError {
 }
 
 /// Seconds until `at`, rounded up, at least 1.
-fn retry_after(at: Micros, now: Micros) -> u64 {
+pub(crate) fn retry_after(at: Micros, now: Micros) -> u64 {
     let micros = (at - now).max(1) as u64;
     micros.div_ceil(MICROS_PER_SECOND as u64).max(1)
 }

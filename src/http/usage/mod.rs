@@ -19,7 +19,7 @@ use crate::domain::time::now_micros;
 use crate::domain::Micros;
 use crate::engine::capture::Entered;
 use crate::engine::store::Snapshot;
-use crate::engine::usage::{apply, Charge, UsageEvent};
+use crate::engine::usage::{apply_charge, Charge, UsageEvent};
 use crate::http::state::AppState;
 use crate::telemetry::HoldEvent;
 
@@ -74,9 +74,15 @@ pub struct UsageUpdate<'a> {
     pub model: Option<Text<'a>>,
     /// Default true; a failed request records nothing.
     pub success: Option<bool>,
-    /// An integer ≥ 0.
+    /// An integer ≥ 0; when absent, `input_tokens` + `output_tokens`.
     pub tokens_used: Option<i64>,
-    /// Dollars, a finite number ≥ 0.
+    /// Prompt tokens, an integer ≥ 0: with `output_tokens`, priced at the model config's
+    /// prices when the update has no `cost`.
+    pub input_tokens: Option<i64>,
+    /// Completion tokens, an integer ≥ 0.
+    pub output_tokens: Option<i64>,
+    /// Dollars, a finite number ≥ 0. When absent, `input_tokens` and `output_tokens` are priced
+    /// at the model config's prices (if it has any).
     pub cost: Option<f64>,
     /// Makes the update idempotent, with `attempt` and the phase.
     #[serde(borrow)]
@@ -163,30 +169,42 @@ fn record(
     valid: &Valid<'_>,
     now: Micros,
 ) -> Option<Charge> {
+    let event = valid.event.priced(snapshot);
     if let Some((request_id, attempt)) = valid.settles {
-        settle(state, request_id, attempt, &valid.event);
+        settle(state, request_id, attempt, &event);
     }
     if let Some(key) = valid.dedup {
         if !state.dedup.claim_for(key, now, entered.side()) {
             return None;
         }
     }
-    let applied = apply(snapshot, &valid.event, now, entered);
+    let charge = event.charge();
+    charge_subject(state, snapshot, entered, &event, &charge, now);
+    Some(charge)
+}
+
+/// Applies `charge` to the counters of `event`'s subject and to the hourly rollups.
+pub fn charge_subject(
+    state: &AppState,
+    snapshot: &Snapshot,
+    entered: &Entered<'_>,
+    event: &UsageEvent<'_>,
+    charge: &Charge,
+    now: Micros,
+) {
+    let applied = apply_charge(snapshot, event, charge, now, entered);
     if applied.unknown_key {
         tracing::debug!("usage for an unknown virtual key: key levels skipped");
     }
-    let e = &valid.event;
-    let charge = e.charge();
     state.rollups.record(
         entered.side(),
         now,
         applied.key.map(|k| k.as_ref()),
-        e.user_id.unwrap_or(""),
-        e.provider,
-        e.model,
-        &charge,
+        event.user_id.unwrap_or(""),
+        event.provider,
+        event.model,
+        charge,
     );
-    Some(charge)
 }
 
 /// Ends the hold of a request whose final usage arrived: its capacity is freed, and the usage
@@ -205,7 +223,7 @@ fn settle(state: &AppState, request_id: &str, attempt: u64, event: &UsageEvent<'
 
 /// With `ack = "durable"`, waits until the flush that holds everything applied so far has
 /// committed.
-async fn acknowledge(state: &AppState) -> Result<(), ApiError> {
+pub(crate) async fn acknowledge(state: &AppState) -> Result<(), ApiError> {
     if state.config.ack == AckMode::Buffered {
         return Ok(());
     }

@@ -34,10 +34,18 @@ impl UsageUpdate<'_> {
         let model = text("model", &self.model)?.unwrap_or("");
         let user_id = text("user_id", &self.user_id)?;
         let request_id = text("request_id", &self.request_id)?;
-        let tokens = self.tokens_used.unwrap_or(0);
-        if tokens < 0 {
-            return Err("tokens_used: must be an integer ≥ 0".to_owned());
-        }
+        let count = |field: &str, n: Option<i64>| match n {
+            Some(n) if n < 0 => Err(format!("{field}: must be an integer ≥ 0")),
+            n => Ok(n.unwrap_or(0)),
+        };
+        let input_tokens = count("input_tokens", self.input_tokens)?;
+        let output_tokens = count("output_tokens", self.output_tokens)?;
+        let tokens = match self.tokens_used {
+            Some(_) => count("tokens_used", self.tokens_used)?,
+            None => input_tokens
+                .checked_add(output_tokens)
+                .ok_or("input_tokens + output_tokens: too large")?,
+        };
         let cost = Money::from_usd(self.cost.unwrap_or(0.0)).map_err(|e| format!("cost: {e}"))?;
         let event = UsageEvent {
             virtual_key,
@@ -47,6 +55,9 @@ impl UsageUpdate<'_> {
             success: self.success.unwrap_or(true),
             tokens,
             cost,
+            cost_given: self.cost.is_some(),
+            input_tokens,
+            output_tokens,
             is_streaming: self.is_streaming.unwrap_or(false),
             is_final_chunk: self.is_final_chunk.unwrap_or(false),
             has_usage_data: self.has_usage_data.unwrap_or(false),

@@ -149,6 +149,8 @@ impl TestDb {
 /// A running app.
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The rate limit service's address, when `grpc_listen` is set.
+    pub grpc: Option<SocketAddr>,
     pub config: Config,
     pub client: reqwest::Client,
     /// Sent with every request when set.
@@ -177,6 +179,7 @@ impl TestApp {
     pub async fn start(config: Config) -> TestApp {
         let app = App::build(config.clone()).await.expect("app builds");
         let addr = app.local_addr();
+        let grpc = app.grpc_addr();
         let state = app.state().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -188,6 +191,7 @@ impl TestApp {
         });
         TestApp {
             addr,
+            grpc,
             config,
             client: reqwest::Client::new(),
             token: None,
