@@ -224,6 +224,18 @@ async fn envoy_calls_check_charge_and_refuse_like_the_http_api() {
     assert_eq!(bad.unwrap_err().code(), tonic::Code::InvalidArgument);
     assert_eq!(usage_of(&app, &key_path, "virtual_key").await.1, 3000);
 
+    // A message over grpc_max_message_bytes (64 KiB) is refused before it is read.
+    let big = vec![descriptor(&[("note", &"x".repeat(200))], None); 400];
+    let err = call(&mut client, Some(GATEWAY), big).await.unwrap_err();
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+        ),
+        "{err:?}"
+    );
+    assert_eq!(usage_of(&app, &key_path, "virtual_key").await.1, 3000);
+
     let metrics = app.metrics().await;
     let series = format!(
         "heimdall_http_requests_total{{route=\"{}\",method=\"POST\",status=\"200\"}}",
