@@ -11,7 +11,7 @@ pub use super::decision::{
 use uuid::Uuid;
 
 use super::counter::{Counter, CounterView};
-use super::entities::{Budget, Limits, Prices, ProviderConfig, RateLimit, VirtualKey};
+use super::entities::{Budget, Limits, ModelConfig, Prices, ProviderConfig, RateLimit, VirtualKey};
 use super::level::{Level, LimitKind};
 use super::store::{ResolvedKey, Snapshot};
 use crate::domain::{Micros, Money, WindowRule};
@@ -192,13 +192,12 @@ pub fn hierarchy<'a>(
         )
 }
 
-/// The model configs that govern `model` on `provider`: the provider-specific one, then the
-/// global one.
-pub fn model_configs<'a>(
+/// The model configs of `model` on `provider`: the provider-specific one, then the global one.
+fn configs_of<'a>(
     s: &'a Snapshot,
-    model: &'a str,
-    provider: &'a str,
-) -> impl Iterator<Item = (EntityRef<'a>, &'a Limits)> {
+    model: &str,
+    provider: &str,
+) -> impl Iterator<Item = &'a ModelConfig> {
     let entry = if model.is_empty() {
         None
     } else {
@@ -214,19 +213,23 @@ pub fn model_configs<'a>(
     specific
         .into_iter()
         .chain(entry.and_then(|e| e.global.as_ref()))
-        .map(|m| (EntityRef::Id(m.id), &m.limits))
+        .map(|m| &**m)
+}
+
+/// The model configs that govern `model` on `provider`: the provider-specific one, then the
+/// global one.
+pub fn model_configs<'a>(
+    s: &'a Snapshot,
+    model: &'a str,
+    provider: &'a str,
+) -> impl Iterator<Item = (EntityRef<'a>, &'a Limits)> {
+    configs_of(s, model, provider).map(|m| (EntityRef::Id(m.id), &m.limits))
 }
 
 /// The prices that apply to `model` on `provider`: the provider's own model config when it
 /// sets a price, else the model's config for every provider; `None` when neither does.
 pub fn prices_for(s: &Snapshot, model: &str, provider: &str) -> Option<Prices> {
-    let entry = s.models.get(model)?;
-    let specific = (!provider.is_empty())
-        .then(|| entry.by_provider.get(provider))
-        .flatten();
-    specific
-        .into_iter()
-        .chain(entry.global.as_ref())
+    configs_of(s, model, provider)
         .map(|m| m.prices)
         .find(Prices::is_set)
 }

@@ -22,7 +22,7 @@ use tonic::{Request, Response, Status};
 use crate::config::AckMode;
 use crate::domain::time::now_micros;
 use crate::domain::{Micros, Money};
-use crate::engine::check::{check, CheckInput, Decision, Verdict};
+use crate::engine::check::{check, CheckInput, CheckPolicy, Decision, Verdict};
 use crate::engine::level::LimitKind;
 use crate::engine::usage::{Charge, UsageEvent};
 use crate::http::auth::Access;
@@ -41,11 +41,18 @@ pub const ROUTE: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRate
 #[derive(Clone)]
 pub struct RateLimiter {
     state: AppState,
+    /// The HTTP check's policy without its required headers: descriptors carry no headers
+    /// (Envoy's own actions decide what a call must name).
+    policy: CheckPolicy,
 }
 
 impl RateLimiter {
     pub fn new(state: AppState) -> Self {
-        RateLimiter { state }
+        let policy = CheckPolicy {
+            require_virtual_key: state.policy.require_virtual_key,
+            required_headers: Vec::new(),
+        };
+        RateLimiter { state, policy }
     }
 
     /// Answers one call; what it refuses it refuses with a `Status`.
@@ -59,11 +66,11 @@ impl RateLimiter {
             .authorize(Access::Gateway, token)
             .map_err(|e| Status::unauthenticated(e.to_string()))?;
         let req = req.into_inner();
-        tracing::debug!(descriptors = ?req.descriptors, hits_addend = req.hits_addend, "ShouldRateLimit");
         let subjects = subjects(&req).map_err(Status::invalid_argument)?;
         let now = now_micros();
         let (response, charged) = {
             let snapshot = self.state.store.guard();
+            let holds = !self.state.holds.is_empty();
             let decisions: Vec<Decision<'_>> = subjects
                 .iter()
                 .map(|s| {
@@ -74,18 +81,9 @@ impl RateLimiter {
                         user_id: s.user_id,
                         request_type: None,
                         reserve: false,
-                        holds: !self.state.holds.is_empty(),
+                        holds,
                     };
-                    // Descriptors carry no headers: Envoy's own actions decide what a call
-                    // must name, so the required-headers rule of /v1/check does not apply.
-                    let present: Vec<&str> = self
-                        .state
-                        .policy
-                        .required_headers
-                        .iter()
-                        .map(String::as_str)
-                        .collect();
-                    check(&snapshot, &self.state.policy, &input, &present, now)
+                    check(&snapshot, &self.policy, &input, &[], now)
                 })
                 .collect();
             for d in &decisions {

@@ -122,11 +122,8 @@ pub struct ModelConfigMessage {
     pub model_config: ModelConfigView,
 }
 
-/// A price from the body: finite, ≥ 0, as dollars per million tokens.
-fn price(field: &str, usd: f64) -> Result<Money, ApiError> {
-    Money::from_usd(usd).map_err(|e| ApiError::InvalidRequest(format!("{field}: {e}")))
-}
-
+/// A price from a body (dollars per million tokens: finite, ≥ 0), or what `old` had when the
+/// field is absent.
 fn patch_price(
     field: &str,
     old: Option<Money>,
@@ -135,7 +132,9 @@ fn patch_price(
     match patch {
         Patch::Absent => Ok(old),
         Patch::Null => Ok(None),
-        Patch::Value(usd) => price(field, usd).map(Some),
+        Patch::Value(usd) => Money::from_usd(usd)
+            .map(Some)
+            .map_err(|e| ApiError::InvalidRequest(format!("{field}: {e}"))),
     }
 }
 
@@ -189,14 +188,16 @@ pub async fn create_model_config(
         .map(|p| text_field("provider", p))
         .transpose()?;
     let prices = Prices {
-        input: body
-            .input_cost_per_million_tokens
-            .map(|p| price("input_cost_per_million_tokens", p))
-            .transpose()?,
-        output: body
-            .output_cost_per_million_tokens
-            .map(|p| price("output_cost_per_million_tokens", p))
-            .transpose()?,
+        input: patch_price(
+            "input_cost_per_million_tokens",
+            None,
+            body.input_cost_per_million_tokens.into(),
+        )?,
+        output: patch_price(
+            "output_cost_per_million_tokens",
+            None,
+            body.output_cost_per_million_tokens.into(),
+        )?,
     };
     let mut w = AdminWrite::begin(&state).await;
     let now = w.now;

@@ -62,13 +62,12 @@ def route(model: str) -> Route:
     return Route(
         provider=str(provider or ""),
         upstream=str(upstream),
-        input_price=_first_price(params, info, known, "input_cost_per_token"),
-        output_price=_first_price(params, info, known, "output_cost_per_token"),
+        input_price=_first_price("input_cost_per_token", params, info, known),
+        output_price=_first_price("output_cost_per_token", params, info, known),
     )
 
 
-def _first_price(*sources_and_name: Any) -> float | None:
-    *sources, name = sources_and_name
+def _first_price(name: str, *sources: Mapping[str, Any]) -> float | None:
     for source in sources:
         price = _price(source.get(name))
         if price is not None:

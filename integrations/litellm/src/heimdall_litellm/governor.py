@@ -216,7 +216,8 @@ class Governor:
         logged: Mapping[str, Any] = kwargs.get("standard_logging_object") or {}
         call_id = _text(kwargs.get("litellm_call_id")) or _text(logged.get("id"))
         call = self.calls.pop(call_id, None) if call_id else None
-        if call is None and not self._governed(kwargs, logged):
+        if call is None and self._key_of(logged) is None:
+            # No pre-call record and no key this process authenticated: not a governed call.
             return
         prompt = int(logged.get("prompt_tokens") or 0)
         completion = int(logged.get("completion_tokens") or 0)
@@ -263,11 +264,6 @@ class Governor:
         self.reporter.submit(_release({k: v for k, v in asked.items() if v is not None}))
         call.attempt += 1
         call.held = False
-
-    def _governed(self, kwargs: Mapping[str, Any], logged: Mapping[str, Any]) -> bool:
-        """Whether an event without a pre-call record still belongs to a key this process
-        authenticated (e.g. a route whose pre-call hook LiteLLM does not run)."""
-        return self._key_of(logged) is not None
 
     def _key_of(self, logged: Mapping[str, Any]) -> str | None:
         metadata: Mapping[str, Any] = logged.get("metadata") or {}
