@@ -41,6 +41,8 @@ pub enum StartError {
 
 pub struct App {
     listener: TcpListener,
+    /// The sender of threshold alerts, when webhooks are configured.
+    alerts: Option<crate::alerts::Sender>,
     /// Envoy's rate limit service, when `grpc_listen` is set.
     grpc: Option<TcpListener>,
     state: AppState,
@@ -144,7 +146,7 @@ impl App {
             });
             tracing::info!(holds = holds.len(), "holds loaded");
         }
-        let worker = Worker::new(
+        let mut worker = Worker::new(
             Arc::clone(&store),
             db.clone(),
             Arc::clone(&dedup),
@@ -153,6 +155,14 @@ impl App {
             Arc::clone(&metrics),
             (config_version, usage_version),
         );
+        let alerts =
+            match crate::alerts::Alerts::new(&config.alerts, db.clone(), Arc::clone(&metrics)) {
+                Some((alerts, sender)) => {
+                    worker = worker.with_alerts(alerts);
+                    Some(sender)
+                }
+                None => None,
+            };
         let state = AppState(Arc::new(crate::http::state::SharedState {
             store,
             dedup,
@@ -176,6 +186,7 @@ impl App {
         state.worker.flush_once().await?;
         Ok(App {
             listener,
+            alerts,
             grpc,
             state,
         })
@@ -200,7 +211,7 @@ impl App {
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish,
     /// runs a final flush and closes the database pool.
     pub async fn run(
-        self,
+        mut self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let router = crate::http::router(self.state.clone());
@@ -212,6 +223,9 @@ impl App {
             cancel.clone(),
         ));
         tasks.spawn(upkeep(Arc::clone(&self.state.metrics), cancel.clone()));
+        if let Some(sender) = self.alerts.take() {
+            tasks.spawn(sender.run(cancel.clone()));
+        }
         tasks.close();
         tracing::info!(listen = %self.local_addr(), "heimdall serving");
         let limits = crate::http::serve::ConnectionLimits::of(&self.state.config);

@@ -2,6 +2,7 @@
 //! teams, virtual keys, users, providers and models, checked and charged in memory, persisted
 //! to SQLite or PostgreSQL.
 
+pub mod alerts;
 pub mod app;
 pub mod cli;
 pub mod config;

@@ -72,6 +72,7 @@ pub struct Config {
     /// Largest accepted gRPC message, in bytes.
     pub grpc_max_message_bytes: usize,
     pub auth: AuthConfig,
+    pub alerts: AlertsConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -106,6 +107,65 @@ impl AuthConfig {
     }
 }
 
+/// Threshold alerts (`docs/alerts.md`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Receivers of threshold crossings, each with its own secret and thresholds.
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// One `[[alerts.webhooks]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://` or `https://` address the crossings are POSTed to.
+    pub url: String,
+    /// Key of the HMAC-SHA256 signature in `x-heimdall-signature`.
+    pub secret: Secret,
+    /// Fractions of each limit's max that trigger a delivery, once per window.
+    #[serde(default = "default_thresholds")]
+    pub thresholds: Vec<f64>,
+}
+
+fn default_thresholds() -> Vec<f64> {
+    vec![0.5, 0.8, 1.0]
+}
+
+impl WebhookConfig {
+    fn validate(&self, at: usize) -> Result<(), ConfigError> {
+        let bad = |key: &str, rule: String| {
+            Err(ConfigError::Invalid(format!(
+                "alerts.webhooks[{at}].{key}: {rule}"
+            )))
+        };
+        match reqwest::Url::parse(&self.url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {}
+            Ok(_) => {
+                return bad(
+                    "url",
+                    format!("must be an http:// or https:// URL, got '{}'", self.url),
+                )
+            }
+            Err(e) => return bad("url", format!("invalid URL '{}': {e}", self.url)),
+        }
+        if self.secret.expose().is_empty() {
+            return bad("secret", "must not be empty".to_owned());
+        }
+        if self.thresholds.is_empty() {
+            return bad("thresholds", "must name at least one threshold".to_owned());
+        }
+        if let Some(t) = self
+            .thresholds
+            .iter()
+            .find(|t| !t.is_finite() || **t <= 0.0 || **t > 10.0)
+        {
+            return bad("thresholds", format!("each must be > 0 and <= 10, got {t}"));
+        }
+        Ok(())
+    }
+}
+
 /// A string that never appears in logs or `Debug` output.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -117,6 +177,12 @@ impl Secret {
 
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
     }
 }
 
@@ -152,6 +218,7 @@ impl Default for Config {
             grpc_max_concurrent_streams: 1024,
             grpc_max_message_bytes: 64 * 1024,
             auth: AuthConfig::default(),
+            alerts: AlertsConfig::default(),
         }
     }
 }
@@ -276,6 +343,29 @@ impl Config {
         }
         if self.required_headers.iter().any(|h| h.trim().is_empty()) {
             return bad("required_headers", "names must not be empty");
+        }
+        for (at, webhook) in self.alerts.webhooks.iter().enumerate() {
+            webhook.validate(at)?;
+            if self.alerts.webhooks[..at]
+                .iter()
+                .any(|w| w.url == webhook.url)
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "alerts.webhooks[{at}].url: '{}' is listed twice",
+                    webhook.url
+                )));
+            }
+        }
+        let mut thresholds: Vec<f64> = self
+            .alerts
+            .webhooks
+            .iter()
+            .flat_map(|w| w.thresholds.iter().copied())
+            .collect();
+        thresholds.sort_by(f64::total_cmp);
+        thresholds.dedup();
+        if thresholds.len() > 64 {
+            return bad("alerts.webhooks", "at most 64 distinct thresholds in all");
         }
         Ok(())
     }

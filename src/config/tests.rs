@@ -185,3 +185,70 @@ fn secrets_never_show_in_debug_output() {
     };
     assert!(!format!("{auth:?}").contains("super-secret"));
 }
+
+/// Writes `text` to a fresh config file and loads it.
+fn load_text(text: &str) -> Result<Config, ConfigError> {
+    let dir = std::env::temp_dir().join(format!("heimdall-config-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("heimdall.toml");
+    std::fs::write(&path, text).unwrap();
+    let loaded = Config::load(Some(&path), [], &Overrides::default());
+    let _ = std::fs::remove_dir_all(&dir);
+    loaded
+}
+
+#[test]
+fn webhooks_take_their_default_thresholds_and_bad_ones_are_named() {
+    let config = load_text(
+        "[[alerts.webhooks]]\nurl = \"http://127.0.0.1:9/a\"\nsecret = \"s\"\n\n\
+         [[alerts.webhooks]]\nurl = \"https://hooks.example.com/b\"\nsecret = \"t\"\nthresholds = [0.9]\n",
+    )
+    .unwrap();
+    assert_eq!(config.alerts.webhooks.len(), 2);
+    assert_eq!(config.alerts.webhooks[0].thresholds, vec![0.5, 0.8, 1.0]);
+    assert_eq!(config.alerts.webhooks[1].thresholds, vec![0.9]);
+    assert!(!format!("{config:?}").contains("secret = \"s\""));
+    for (text, named) in [
+        (
+            "url = \"ftp://x/\"\nsecret = \"s\"",
+            "alerts.webhooks[0].url",
+        ),
+        (
+            "url = \"not a url\"\nsecret = \"s\"",
+            "alerts.webhooks[0].url",
+        ),
+        (
+            "url = \"http://x/\"\nsecret = \"\"",
+            "alerts.webhooks[0].secret",
+        ),
+        (
+            "url = \"http://x/\"\nsecret = \"s\"\nthresholds = []",
+            "thresholds",
+        ),
+        (
+            "url = \"http://x/\"\nsecret = \"s\"\nthresholds = [0.0]",
+            "thresholds",
+        ),
+        (
+            "url = \"http://x/\"\nsecret = \"s\"\nthresholds = [11.0]",
+            "thresholds",
+        ),
+        ("url = \"http://x/\"", "secret"),
+        (
+            "url = \"http://x/\"\nsecret = \"s\"\ncolour = \"red\"",
+            "colour",
+        ),
+    ] {
+        let err = load_text(&format!("[[alerts.webhooks]]\n{text}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(named), "{text}: {err}");
+    }
+    let err = load_text(
+        "[[alerts.webhooks]]\nurl = \"http://x/\"\nsecret = \"s\"\n\
+         [[alerts.webhooks]]\nurl = \"http://x/\"\nsecret = \"t\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("listed twice"), "{err}");
+}

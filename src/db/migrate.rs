@@ -47,6 +47,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         "model_prices",
         include_str!("../../migrations/postgres/0008_model_prices.sql"),
     ),
+    (
+        9,
+        "alert_deliveries",
+        include_str!("../../migrations/postgres/0009_alert_deliveries.sql"),
+    ),
 ];
 const SQLITE: &[(i64, &str, &str)] = &[
     (
@@ -73,6 +78,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         5,
         "model_prices",
         include_str!("../../migrations/sqlite/0005_model_prices.sql"),
+    ),
+    (
+        6,
+        "alert_deliveries",
+        include_str!("../../migrations/sqlite/0006_alert_deliveries.sql"),
     ),
 ];
 

@@ -4,6 +4,7 @@
 //! `sqlite/`: connections, how a flush is sent, and (PostgreSQL only) the usage journal and
 //! commit marks.
 
+pub mod alerts;
 pub mod dedup;
 pub mod flush;
 pub mod holds;

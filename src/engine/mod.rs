@@ -14,7 +14,9 @@ pub mod level;
 pub mod reserve;
 pub mod rollup;
 pub mod store;
+pub mod trend;
 pub mod usage;
+pub mod watch;
 
 pub use counter::{Counter, CounterView};
 pub use entities::{

@@ -11,7 +11,37 @@ use super::error::ApiError;
 use crate::db::LimitChanges;
 use crate::domain::time::{serialize_opt_rfc3339, serialize_rfc3339};
 use crate::domain::{BudgetSpec, LimitError, Micros, Patch, RateLimitSpec};
-use crate::engine::{Budget, Limits, RateLimit};
+use crate::engine::level::LimitKind;
+use crate::engine::watch::forecast;
+use crate::engine::{Budget, Counter, CounterView, Limits, RateLimit};
+
+/// Where a limit is heading at the recent rate (`docs/semantics.md` § Forecast); `null` when
+/// nothing was used for an hour.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub struct ForecastView {
+    /// Dollars (budgets), tokens or requests per hour, over about the last hour.
+    pub rate_per_hour: f64,
+    /// When the limit runs out at that rate; `null` when its window resets first.
+    #[serde(serialize_with = "serialize_opt_rfc3339")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub exhausted_at: Option<Micros>,
+}
+
+impl ForecastView {
+    fn of(
+        kind: LimitKind,
+        counter: &Counter,
+        view: &CounterView,
+        max: Option<i64>,
+        now: Micros,
+    ) -> Option<Self> {
+        let f = forecast(kind, counter, view, max?, now)?;
+        Some(ForecastView {
+            rate_per_hour: f.rate_per_hour,
+            exhausted_at: f.exhausted_at,
+        })
+    }
+}
 
 /// Limits of a governance subject (a provider or a user). Absent fields stay as they are;
 /// `null` (or `{}`) removes.
@@ -107,6 +137,7 @@ pub struct BudgetView {
     pub current_usage: f64,
     /// Dollars set aside by holds of requests in flight (not usage; counts as used).
     pub current_held: f64,
+    pub forecast: Option<ForecastView>,
     #[serde(serialize_with = "serialize_rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub last_reset: Micros,
@@ -132,6 +163,13 @@ impl BudgetView {
             timezone: b.spec.timezone.name().to_owned(),
             current_usage: crate::domain::Money::from_nanos(v.used).to_usd(),
             current_held: crate::domain::Money::from_nanos(v.held).to_usd(),
+            forecast: ForecastView::of(
+                LimitKind::Budget,
+                &b.counter,
+                &v,
+                Some(b.spec.max.nanos()),
+                now,
+            ),
             last_reset: v.last_reset,
             resets_at: v.resets_at,
             created_at: b.created_at,
@@ -167,6 +205,13 @@ pub struct RateLimitView {
     #[serde(serialize_with = "serialize_opt_rfc3339")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub request_resets_at: Option<Micros>,
+    /// The token dimension's forecast.
+    pub token_forecast: Option<ForecastView>,
+    /// The request dimension's forecast.
+    pub request_forecast: Option<ForecastView>,
+    /// The forecast of the dimension that runs out first (or, when neither does this window,
+    /// the busier one relative to its max).
+    pub forecast: Option<ForecastView>,
     #[serde(serialize_with = "serialize_rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Micros,
@@ -179,6 +224,15 @@ impl RateLimitView {
     pub fn new(r: &RateLimit, now: Micros) -> Self {
         let t = r.token_view(now);
         let q = r.request_view(now);
+        let token_forecast =
+            ForecastView::of(LimitKind::Tokens, &r.tokens, &t, r.spec.tokens.max, now);
+        let request_forecast = ForecastView::of(
+            LimitKind::Requests,
+            &r.requests,
+            &q,
+            r.spec.requests.max,
+            now,
+        );
         RateLimitView {
             id: r.id,
             token_max_limit: r.spec.tokens.max,
@@ -203,9 +257,45 @@ impl RateLimitView {
             request_current_held: q.held,
             request_last_reset: q.last_reset,
             request_resets_at: r.request_rule.as_ref().map(|_| q.resets_at),
+            token_forecast,
+            request_forecast,
+            forecast: first_out(token_forecast, request_forecast, r),
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
+    }
+}
+
+/// Of two dimensions' forecasts, the one that runs out first, else the faster relative to its
+/// max.
+fn first_out(
+    tokens: Option<ForecastView>,
+    requests: Option<ForecastView>,
+    r: &RateLimit,
+) -> Option<ForecastView> {
+    match (tokens, requests) {
+        (Some(t), Some(q)) => Some(match (t.exhausted_at, q.exhausted_at) {
+            (Some(a), Some(b)) => {
+                if a <= b {
+                    t
+                } else {
+                    q
+                }
+            }
+            (Some(_), None) => t,
+            (None, Some(_)) => q,
+            (None, None) => {
+                let share = |f: ForecastView, max: Option<i64>| {
+                    f.rate_per_hour / max.unwrap_or(i64::MAX).max(1) as f64
+                };
+                if share(t, r.spec.tokens.max) >= share(q, r.spec.requests.max) {
+                    t
+                } else {
+                    q
+                }
+            }
+        }),
+        (t, q) => t.or(q),
     }
 }
 

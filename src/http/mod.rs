@@ -2,6 +2,7 @@
 //! this module composes them and adds the layers (tracing, body limit, auth, fallbacks).
 
 pub mod admin;
+pub mod alerts;
 pub mod auth;
 pub mod budgets;
 pub mod check;
@@ -80,6 +81,7 @@ fn api_router(batch_max_body_bytes: usize) -> OpenApiRouter<AppState> {
         .merge(model_configs::router())
         .merge(users::router())
         .merge(usage_report::router())
+        .merge(alerts::router())
 }
 
 /// The OpenAPI document, as served at `/openapi.json` and printed by `heimdall openapi`.

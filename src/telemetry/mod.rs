@@ -68,10 +68,38 @@ const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ("heimdall_holds", "gauge", "Holds this replica counts (its own and other replicas' it learned from the database): capacity set aside for requests in flight."),
     ("heimdall_hold_events_total", "counter", "Holds by event: placed, refused (a reserve without room), settled (by their usage), released (early, or through another replica), expired (TTL over)."),
     ("heimdall_hold_overruns_total", "counter", "Settled holds whose usage exceeded what they reserved, by what: cost or tokens."),
+    ("heimdall_alert_events_total", "counter", "Threshold alerts by event: recorded (a delivery this replica inserted), delivered (a receiver answered 2xx), failed (an attempt that will be retried), dropped (a crossing the full queue could not take; offered again at the next tick)."),
     ("heimdall_dedup_keys", "gauge", "Idempotency keys held in memory (at most dedup_max_keys)."),
     ("heimdall_dedup_bytes", "gauge", "Bytes the idempotency keys take in memory: their tables and the queue to the database."),
     ("heimdall_dedup_keys_evicted_total", "counter", "Idempotency keys dropped before their window ended because dedup_max_keys was reached, oldest first."),
     ("heimdall_dedup_keys_unwritten_total", "counter", "Idempotency keys not written to the database because the queue to it was full (a long outage): recognised until the process restarts."),
+];
+
+/// What happens to threshold alerts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertEvent {
+    Recorded,
+    Delivered,
+    Failed,
+    Dropped,
+}
+
+impl AlertEvent {
+    fn label(self) -> &'static str {
+        match self {
+            AlertEvent::Recorded => "recorded",
+            AlertEvent::Delivered => "delivered",
+            AlertEvent::Failed => "failed",
+            AlertEvent::Dropped => "dropped",
+        }
+    }
+}
+
+const ALERT_EVENTS: [AlertEvent; 4] = [
+    AlertEvent::Recorded,
+    AlertEvent::Delivered,
+    AlertEvent::Failed,
+    AlertEvent::Dropped,
 ];
 
 /// The metrics of one application.
@@ -108,6 +136,7 @@ pub struct Metrics {
     hold_overrun_tokens: Counter,
     dedup_evicted: Counter,
     dedup_unwritten: Counter,
+    alert_events: Vec<Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -211,6 +240,10 @@ impl Metrics {
             dedup_bytes: gauge("heimdall_dedup_bytes", &[]),
             dedup_evicted: counter("heimdall_dedup_keys_evicted_total", &[]),
             dedup_unwritten: counter("heimdall_dedup_keys_unwritten_total", &[]),
+            alert_events: ALERT_EVENTS
+                .iter()
+                .map(|e| counter("heimdall_alert_events_total", &[("event", e.label())]))
+                .collect(),
             entities: ENTITY_KINDS
                 .iter()
                 .map(|k| (*k, gauge("heimdall_entities", &[("kind", k)])))
@@ -309,6 +342,13 @@ impl Metrics {
     pub fn hold_event(&self, event: HoldEvent) {
         if let Some(i) = HOLD_EVENTS.iter().position(|e| *e == event) {
             self.hold_events[i].increment(1);
+        }
+    }
+
+    /// Counts one alert event.
+    pub fn alert_event(&self, event: AlertEvent) {
+        if let Some(i) = ALERT_EVENTS.iter().position(|e| *e == event) {
+            self.alert_events[i].increment(1);
         }
     }
 

@@ -23,12 +23,14 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::alerts::Alerts;
 use crate::db::postgres::journal as db_journal;
 use crate::db::{Db, DbError};
 use crate::domain::time::now_micros;
 use crate::engine::dedup::Dedup;
 use crate::engine::holds::Holds;
 use crate::engine::rollup::Rollups;
+use crate::engine::watch::Watch;
 use crate::engine::Store;
 use crate::telemetry::{FlushRows, HoldEvent, Metrics};
 use commit::Target;
@@ -100,6 +102,10 @@ pub struct Worker {
     /// The commit whose outcome a failure left unknown, with what it carried.
     unresolved: Arc<std::sync::Mutex<Option<commit::Attempt>>>,
     metrics: Arc<Metrics>,
+    /// Feeds every counter's trend and finds threshold crossings, once per full tick.
+    watch: Arc<std::sync::Mutex<Watch>>,
+    /// Where crossings go, when webhooks are configured.
+    alerts: Option<Alerts>,
 }
 
 impl Worker {
@@ -129,7 +135,25 @@ impl Worker {
             holds,
             unresolved: Arc::default(),
             metrics,
+            watch: Arc::default(),
+            alerts: None,
         }
+    }
+
+    /// This worker, offering the crossings of the webhooks' thresholds to `alerts`.
+    pub fn with_alerts(mut self, alerts: Alerts) -> Worker {
+        self.watch = Arc::new(std::sync::Mutex::new(Watch::new(alerts.thresholds())));
+        self.alerts = Some(alerts);
+        self
+    }
+
+    /// Feeds the trends and offers the crossings, at `now`.
+    fn watch(&self, now: crate::domain::Micros) {
+        let snapshot = self.store.snapshot();
+        let mut watch = self.watch.lock().unwrap_or_else(|p| p.into_inner());
+        watch.tick(&snapshot, now, |crossing| {
+            self.alerts.as_ref().is_some_and(|a| a.offer(crossing))
+        });
     }
 
     /// Waits until everything applied before this call is committed; false on timeout.
@@ -205,8 +229,11 @@ impl Worker {
             }
         }
         report.journal_entries_folded = folded.entries;
-        let _one_at_a_time = self.flushing.lock().await;
-        self.read_back(&mut report).await?;
+        {
+            let _one_at_a_time = self.flushing.lock().await;
+            self.read_back(&mut report).await?;
+        }
+        self.watch(now_micros());
         Ok(report)
     }
 

@@ -7,6 +7,7 @@
 mod common;
 
 mod admin_api;
+mod alerts;
 mod auth;
 mod durability;
 mod envoy;

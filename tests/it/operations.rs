@@ -34,6 +34,7 @@ const SERIES: &[&str] = &[
     "heimdall_holds",
     "heimdall_hold_events_total",
     "heimdall_hold_overruns_total",
+    "heimdall_alert_events_total",
 ];
 
 async fn sqlite_app(configure: impl FnOnce(&mut heimdall::Config)) -> (TestApp, TestDb) {

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Mutex;
 
 use super::capture::Side;
+use super::trend::Trend;
 use crate::domain::{Micros, WindowRule};
 
 /// A counter shared by every snapshot of the entity that owns it, so that config changes keep
@@ -40,6 +41,8 @@ pub struct Counter {
     /// Serialises window changes with the flush bookkeeping. Taken only when a window ends
     /// (once per window) and by the worker; plain increments never take it.
     window: Mutex<()>,
+    /// The recent rate, fed by the worker ([`Counter::observe`]) and read by admin views.
+    trend: Mutex<Trend>,
 }
 
 /// What a counter shows at one instant: an expired window counts as 0 at once, before anything
@@ -76,6 +79,7 @@ impl Counter {
             dirty: [AtomicBool::new(false), AtomicBool::new(false)],
             held: AtomicI64::new(0),
             window: Mutex::new(()),
+            trend: Mutex::new(Trend::default()),
         }
     }
 
@@ -109,6 +113,22 @@ impl Counter {
             last_reset: rolled,
             resets_at: rule.end_of(rolled),
         }
+    }
+
+    /// Takes the counter's state at `now` into its trend (the worker, once per tick) and
+    /// returns it.
+    pub fn observe(&self, rule: &WindowRule, now: Micros) -> CounterView {
+        let view = self.view_with(rule, now, true);
+        let mut trend = self.trend.lock().unwrap_or_else(|p| p.into_inner());
+        if !trend.unchanged(view.used, view.last_reset) {
+            trend.observe(view.used, view.last_reset, now);
+        }
+        view
+    }
+
+    /// The recent rate as last observed.
+    pub fn trend(&self) -> Trend {
+        *self.trend.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Capacity set aside by holds, this process's and the others' it knows of.
