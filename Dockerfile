@@ -8,12 +8,14 @@ WORKDIR /src
 # Dependencies first, so that source edits do not rebuild them.
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir src benches && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.rs \
-    && echo 'fn main() {}' > benches/engine.rs && echo 'fn main() {}' > benches/flush.rs \
+    && for b in engine flush grpc; do echo 'fn main() {}' > "benches/$b.rs"; done \
     && cargo build --release --locked --bin heimdall \
     && rm -rf src benches
 COPY src ./src
 COPY benches ./benches
 COPY migrations ./migrations
+# The dashboard's files are compiled into the binary (src/http/ui.rs).
+COPY ui ./ui
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin heimdall
 
 FROM debian:bookworm-slim AS runtime
@@ -29,6 +31,7 @@ WORKDIR /var/lib/heimdall
 ENV HEIMDALL_LISTEN=0.0.0.0:8080 \
     HEIMDALL_DATABASE_URL=sqlite:///var/lib/heimdall/heimdall.db
 VOLUME ["/var/lib/heimdall"]
+# 8080: the API, /metrics and the dashboard at /ui/.
 # 8081: Envoy's rate limit service, when HEIMDALL__GRPC_LISTEN=0.0.0.0:8081 is set.
 EXPOSE 8080 8081
 ENTRYPOINT ["/usr/local/bin/heimdall"]

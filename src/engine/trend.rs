@@ -4,8 +4,9 @@
 //! The rate is an exponentially decayed sum of what the counter grew by, kept with the counter
 //! and fed by the worker once per tick (never by the hot path): each growth `d` observed at `t`
 //! adds `d` to a sum that decays by `e^(-Δt/τ)`, with `τ` = one hour. The rate is that sum over
-//! the time it covers, `τ·(1 - e^(-span/τ))`, so a counter observed for only ten minutes is not
-//! under-estimated. It follows the last hour or so, whatever the window (a monthly budget
+//! the time it covers, `τ·(1 - e^(-span/τ))` (`span` at least five minutes), so a counter
+//! observed for only ten minutes is not under-estimated, nor a burst in its first seconds
+//! read as thousands per hour. It follows the last hour or so, whatever the window (a monthly budget
 //! spent quickly today shows today's pace), it costs a few words per counter, and it needs no
 //! query: rollups would be exact per hour but cost a database read per admin view.
 //!
@@ -15,6 +16,10 @@ use crate::domain::Micros;
 
 /// The decay constant: usage older than this weighs `1/e` of new usage.
 pub const TAU: Micros = 3_600 * 1_000_000;
+
+/// The shortest time a rate is averaged over: a burst in the first seconds after a start is
+/// not read as thousands per hour.
+pub const MIN_SPAN: Micros = 5 * 60 * 1_000_000;
 
 /// No growth for this long: the counter is idle and has no forecast.
 pub const IDLE_AFTER: Micros = TAU;
@@ -81,7 +86,7 @@ impl Trend {
         }
         let tau = TAU as f64;
         let sum = self.sum * decay(now - self.at);
-        let span = (now - self.since).max(1) as f64;
+        let span = (now - self.since).max(MIN_SPAN) as f64;
         let covered = tau * (1.0 - (-span / tau).exp());
         Some(sum / covered * HOUR)
     }
@@ -151,6 +156,16 @@ mod tests {
         assert!(t.rate_per_hour(T0 + 2 * MIN).is_some());
         assert!(t.rate_per_hour(T0 + 2 * MIN + IDLE_AFTER).is_some());
         assert_eq!(t.rate_per_hour(T0 + 2 * MIN + IDLE_AFTER + 1), None);
+    }
+
+    #[test]
+    fn a_burst_right_after_the_start_is_averaged_over_five_minutes() {
+        let mut t = Trend::default();
+        t.observe(0, T0, T0);
+        t.observe(10, T0, T0 + 1_000_000);
+        let rate = t.rate_per_hour(T0 + 2_000_000).unwrap();
+        // 10 over (the decayed weight of) five minutes: about 125 per hour, not 18 000.
+        assert!((rate - 125.0).abs() < 1.0, "{rate}");
     }
 
     #[test]

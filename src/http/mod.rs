@@ -19,6 +19,7 @@ pub mod providers;
 pub mod serve;
 pub mod state;
 pub mod teams;
+pub mod ui;
 pub mod usage;
 pub mod usage_report;
 pub mod users;
@@ -96,6 +97,7 @@ pub fn router(state: AppState) -> Router {
     // Layers run outside in: observe (request id, request timeout, access log, metrics) →
     // catch panics → body limit → auth → the handler.
     api.merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
+        .merge(ui::router())
         .fallback(error::not_found_fallback)
         .method_not_allowed_fallback(error::method_not_allowed_fallback)
         .layer(axum::middleware::from_fn_with_state(

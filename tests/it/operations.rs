@@ -416,3 +416,52 @@ async fn connections_beyond_the_limit_are_told_to_retry() {
     app.stop().await;
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn the_dashboard_is_served_from_the_binary_without_a_token() {
+    let db = TestDb::new(Backend::Sqlite).await.unwrap();
+    let app = TestApp::start(common::with_tokens(config_for(&db), "adm", "gw")).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let resp = client.get(app.url("/ui")).send().await.unwrap();
+    assert_eq!(resp.status(), 308);
+    assert_eq!(resp.headers()["location"], "/ui/");
+    let resp = client.get(app.url("/ui/")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let csp = resp.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    let etag = resp.headers()["etag"].clone();
+    assert!(resp.text().await.unwrap().contains("app.js"));
+    for (path, kind) in [
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/style.css", "text/css"),
+        ("/ui/favicon.svg", "image/svg+xml"),
+    ] {
+        let resp = client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        assert!(resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with(kind));
+    }
+    let resp = client
+        .get(app.url("/ui/"))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 304);
+    let resp = client.get(app.url("/ui/nothing.js")).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    // The API behind it still wants the admin token.
+    let (status, _) = app.get("/api/governance/alerts").await;
+    assert_eq!(status, 401);
+    app.stop().await;
+    db.drop_db().await;
+}
