@@ -40,23 +40,41 @@ pub struct Trend {
     sum: f64,
     /// Last observation that saw growth (0: none yet).
     grew_at: Micros,
+    /// `used` and `start` are a known baseline although nothing was observed yet.
+    primed: bool,
 }
 
 impl Trend {
+    /// A trend whose counter had `used` in the window that started at `start` when it was
+    /// made (loaded or created): growth from there on counts from the first observation.
+    pub fn from(used: i64, start: Micros) -> Trend {
+        Trend {
+            used,
+            start,
+            primed: true,
+            ..Trend::default()
+        }
+    }
+
     /// Takes in the counter's `used` in the window that started at `start`, seen at `now`.
-    /// The first observation only sets the baseline: what was used before is not a rate. A new
-    /// window counts its whole usage as growth; usage that fell within a window (an admin
-    /// reset) counts as none.
+    /// Without a baseline the first observation only sets one: what was used before is not a
+    /// rate. A new window counts its whole usage as growth; usage that fell within a window
+    /// (an admin reset) counts as none.
     pub fn observe(&mut self, used: i64, start: Micros, now: Micros) {
         if self.since == 0 {
+            let baseline = *self;
             *self = Trend {
                 since: now,
                 at: now,
-                used,
-                start,
+                used: baseline.used,
+                start: baseline.start,
                 ..Trend::default()
             };
-            return;
+            if !baseline.primed {
+                self.used = used;
+                self.start = start;
+                return;
+            }
         }
         let grew = if start != self.start {
             used.max(0)
@@ -76,7 +94,7 @@ impl Trend {
     /// Whether `used` in the window that started at `start` is what the last observation
     /// saw (nothing to take in).
     pub fn unchanged(&self, used: i64, start: Micros) -> bool {
-        self.since != 0 && self.used == used && self.start == start
+        (self.since != 0 || self.primed) && self.used == used && self.start == start
     }
 
     /// Units per hour at `now`; `None` when the counter has not grown within [`IDLE_AFTER`].
@@ -156,6 +174,16 @@ mod tests {
         assert!(t.rate_per_hour(T0 + 2 * MIN).is_some());
         assert!(t.rate_per_hour(T0 + 2 * MIN + IDLE_AFTER).is_some());
         assert_eq!(t.rate_per_hour(T0 + 2 * MIN + IDLE_AFTER + 1), None);
+    }
+
+    #[test]
+    fn a_counter_made_with_a_baseline_counts_its_first_growth() {
+        let mut t = Trend::from(100, T0);
+        assert!(t.unchanged(100, T0));
+        t.observe(160, T0, T0 + MIN);
+        let rate = t.rate_per_hour(T0 + MIN).unwrap();
+        // 60 over (about) five minutes.
+        assert!((rate - 750.0).abs() < 10.0, "{rate}");
     }
 
     #[test]

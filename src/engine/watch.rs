@@ -1,15 +1,17 @@
-//! The worker's look at every limit once per tick: each counter's trend takes in what it
-//! grew by, and usage that reached an alert threshold in its window is reported once.
+//! The worker's look, once per tick, at the limits whose usage changed: each counter's trend
+//! takes in what it grew by, and usage that reached an alert threshold in its window is
+//! reported once.
 //!
 //! What was reported is remembered per limit and window, for the limits at or above their
 //! lowest threshold only; the database's guard makes a report after a restart, or by another
 //! replica, a no-op (`docs/alerts.md`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use uuid::Uuid;
 
 use super::counter::{Counter, CounterView};
+use super::dirty::Dirty;
 use super::level::{Level, LimitKind};
 use super::store::Snapshot;
 use super::trend::Forecast;
@@ -36,61 +38,57 @@ pub struct Crossing {
 }
 
 /// Who owns a limit, as alerts name it.
-struct Owner<'a> {
+#[derive(Debug, Clone)]
+struct Owner {
     level: Level,
     id: String,
     name: String,
-    limits: &'a Limits,
 }
 
-fn owners(s: &Snapshot) -> impl Iterator<Item = Owner<'_>> {
-    let owner = |level, id: String, name: String, limits| Owner {
-        level,
-        id,
-        name,
-        limits,
+/// The owner of every limit, by the limit's id.
+fn owners(s: &Snapshot) -> HashMap<Uuid, Owner> {
+    let mut by_limit = HashMap::new();
+    let mut add = |level, id: String, name: String, limits: &Limits| {
+        let owner = Owner { level, id, name };
+        if let Some(b) = &limits.budget {
+            by_limit.insert(b.id, owner.clone());
+        }
+        if let Some(r) = &limits.rate_limit {
+            by_limit.insert(r.id, owner);
+        }
     };
-    s.customers
-        .values()
-        .map(move |c| owner(Level::Customer, c.id.to_string(), c.name.clone(), &c.limits))
-        .chain(
-            s.teams
-                .values()
-                .map(move |t| owner(Level::Team, t.id.to_string(), t.name.clone(), &t.limits)),
-        )
-        .chain(s.virtual_keys.values().flat_map(move |vk| {
-            std::iter::once(owner(
-                Level::VirtualKey,
-                vk.id.to_string(),
-                vk.name.clone(),
-                &vk.limits,
-            ))
-            .chain(vk.provider_configs.iter().map(move |pc| {
-                owner(
-                    Level::ProviderConfig,
-                    pc.id.to_string(),
-                    format!("{} / {}", vk.name, pc.provider),
-                    &pc.limits,
-                )
-            }))
-        }))
-        .chain(
-            s.providers
-                .values()
-                .map(move |p| owner(Level::Provider, p.name.clone(), p.name.clone(), &p.limits)),
-        )
-        .chain(s.model_configs.values().map(move |m| {
-            let name = match &m.provider {
-                Some(p) => format!("{} ({p})", m.model_name),
-                None => m.model_name.clone(),
-            };
-            owner(Level::Model, m.id.to_string(), name, &m.limits)
-        }))
-        .chain(
-            s.users
-                .values()
-                .map(move |u| owner(Level::User, u.user_id.clone(), u.user_id.clone(), &u.limits)),
-        )
+    for c in s.customers.values() {
+        add(Level::Customer, c.id.to_string(), c.name.clone(), &c.limits);
+    }
+    for t in s.teams.values() {
+        add(Level::Team, t.id.to_string(), t.name.clone(), &t.limits);
+    }
+    for vk in s.virtual_keys.values() {
+        add(
+            Level::VirtualKey,
+            vk.id.to_string(),
+            vk.name.clone(),
+            &vk.limits,
+        );
+        for pc in &vk.provider_configs {
+            let name = format!("{} / {}", vk.name, pc.provider);
+            add(Level::ProviderConfig, pc.id.to_string(), name, &pc.limits);
+        }
+    }
+    for p in s.providers.values() {
+        add(Level::Provider, p.name.clone(), p.name.clone(), &p.limits);
+    }
+    for m in s.model_configs.values() {
+        let name = match &m.provider {
+            Some(p) => format!("{} ({p})", m.model_name),
+            None => m.model_name.clone(),
+        };
+        add(Level::Model, m.id.to_string(), name, &m.limits);
+    }
+    for u in s.users.values() {
+        add(Level::User, u.user_id.clone(), u.user_id.clone(), &u.limits);
+    }
+    by_limit
 }
 
 /// One counter of a limit, with what the watch needs to judge it.
@@ -103,32 +101,38 @@ struct Dimension<'a> {
     max: i64,
 }
 
-fn dimensions(limits: &Limits) -> impl Iterator<Item = Dimension<'_>> {
-    let budget = limits.budget.iter().map(|b| Dimension {
-        kind: LimitKind::Budget,
-        limit_id: b.id,
-        counter: &b.counter,
-        rule: &b.rule,
-        max: b.spec.max.nanos(),
-    });
-    let rates = limits.rate_limit.iter().flat_map(|r| {
-        let tokens = r.spec.tokens.max.map(|max| Dimension {
-            kind: LimitKind::Tokens,
-            limit_id: r.id,
-            counter: &r.tokens,
-            rule: r.token_rule(),
-            max,
-        });
-        let requests = r.spec.requests.max.map(|max| Dimension {
-            kind: LimitKind::Requests,
-            limit_id: r.id,
-            counter: &r.requests,
-            rule: r.request_rule(),
-            max,
-        });
-        tokens.into_iter().chain(requests)
-    });
-    budget.chain(rates)
+fn dimensions(limit: &Dirty) -> impl Iterator<Item = Dimension<'_>> {
+    let budget = match limit {
+        Dirty::Budget(b) => Some(Dimension {
+            kind: LimitKind::Budget,
+            limit_id: b.id,
+            counter: &b.counter,
+            rule: &b.rule,
+            max: b.spec.max.nanos(),
+        }),
+        Dirty::RateLimit(_) => None,
+    };
+    let rates = match limit {
+        Dirty::RateLimit(r) => {
+            let tokens = r.spec.tokens.max.map(|max| Dimension {
+                kind: LimitKind::Tokens,
+                limit_id: r.id,
+                counter: &r.tokens,
+                rule: r.token_rule(),
+                max,
+            });
+            let requests = r.spec.requests.max.map(|max| Dimension {
+                kind: LimitKind::Requests,
+                limit_id: r.id,
+                counter: &r.requests,
+                rule: r.request_rule(),
+                max,
+            });
+            [tokens, requests]
+        }
+        Dirty::Budget(_) => [None, None],
+    };
+    budget.into_iter().chain(rates.into_iter().flatten())
 }
 
 /// A counter's units as alerts and views show them (dollars for budgets).
@@ -165,9 +169,16 @@ pub fn forecast(
 pub struct Watch {
     /// Sorted, each once.
     thresholds: Vec<f64>,
-    /// Per limit dimension: the window and the thresholds (bits, in `thresholds` order)
-    /// reported in it.
-    reported: HashMap<(Uuid, LimitKind), (Micros, u64)>,
+    /// Per limit dimension: the window (start and end) and the thresholds (bits, in
+    /// `thresholds` order) reported in it. Entries go once their window ends.
+    reported: HashMap<(Uuid, LimitKind), Reported>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Reported {
+    start: Micros,
+    end: Micros,
+    bits: u64,
 }
 
 impl Watch {
@@ -183,60 +194,77 @@ impl Watch {
         }
     }
 
-    /// Observes every counter of `snapshot` at `now` (their trends take it in) and offers each
-    /// threshold reached and not yet reported in its window to `report`, which says whether
-    /// it took it; one it did not take is offered again next tick.
+    /// Observes the counters of the limits `touched` since the last tick (written, rolled or
+    /// read back: usage only changes there) at `now` — their trends take it in — and offers
+    /// each threshold reached and not yet reported in its window to `report`, which says
+    /// whether it took it; one it did not take is offered again when the limit is next touched.
+    /// Work is proportional to what changed, not to every limit.
     pub fn tick(
         &mut self,
         snapshot: &Snapshot,
+        touched: &[Dirty],
         now: Micros,
         mut report: impl FnMut(Crossing) -> bool,
     ) {
+        self.reported.retain(|_, r| r.end > now);
         let lowest = self.thresholds.first().copied();
-        let mut reported = HashMap::with_capacity(self.reported.len());
-        for owner in owners(snapshot) {
-            for d in dimensions(owner.limits) {
-                let view = d.counter.observe(d.rule, now);
-                let Some(lowest) = lowest else { continue };
-                if d.max <= 0 {
-                    continue;
-                }
-                let fraction = view.used as f64 / d.max as f64;
-                if fraction < lowest {
-                    continue;
-                }
-                let key = (d.limit_id, d.kind);
-                let mut bits = match self.reported.get(&key) {
-                    Some(&(start, bits)) if start == view.last_reset => bits,
-                    _ => 0,
-                };
-                for (i, &t) in self.thresholds.iter().enumerate() {
-                    if fraction < t || bits & (1 << i) != 0 {
-                        continue;
-                    }
-                    let crossing = Crossing {
-                        threshold: t,
-                        level: owner.level,
-                        entity_id: owner.id.clone(),
-                        entity_name: owner.name.clone(),
-                        limit_id: d.limit_id,
-                        kind: d.kind,
-                        used: units(d.kind, view.used),
-                        max: units(d.kind, d.max),
-                        window_start: view.last_reset,
-                        resets_at: view.resets_at,
-                        forecast_exhausted_at: forecast(d.kind, d.counter, &view, d.max, now)
-                            .and_then(|f| f.exhausted_at),
-                        at: now,
-                    };
-                    if report(crossing) {
-                        bits |= 1 << i;
-                    }
-                }
-                reported.insert(key, (view.last_reset, bits));
+        let mut owners: Option<HashMap<Uuid, Owner>> = None;
+        let mut seen: HashSet<(Uuid, LimitKind)> = HashSet::with_capacity(touched.len());
+        for d in touched.iter().flat_map(dimensions) {
+            if !seen.insert((d.limit_id, d.kind)) {
+                continue;
             }
+            let view = d.counter.observe(d.rule, now);
+            let Some(lowest) = lowest else { continue };
+            if d.max <= 0 {
+                continue;
+            }
+            let fraction = view.used as f64 / d.max as f64;
+            if fraction < lowest {
+                continue;
+            }
+            let key = (d.limit_id, d.kind);
+            let mut bits = match self.reported.get(&key) {
+                Some(r) if r.start == view.last_reset => r.bits,
+                _ => 0,
+            };
+            for (i, &t) in self.thresholds.iter().enumerate() {
+                if fraction < t || bits & (1 << i) != 0 {
+                    continue;
+                }
+                let owners = owners.get_or_insert_with(|| self::owners(snapshot));
+                let Some(owner) = owners.get(&d.limit_id) else {
+                    // Deleted since: nobody to tell about it.
+                    break;
+                };
+                let crossing = Crossing {
+                    threshold: t,
+                    level: owner.level,
+                    entity_id: owner.id.clone(),
+                    entity_name: owner.name.clone(),
+                    limit_id: d.limit_id,
+                    kind: d.kind,
+                    used: units(d.kind, view.used),
+                    max: units(d.kind, d.max),
+                    window_start: view.last_reset,
+                    resets_at: view.resets_at,
+                    forecast_exhausted_at: forecast(d.kind, d.counter, &view, d.max, now)
+                        .and_then(|f| f.exhausted_at),
+                    at: now,
+                };
+                if report(crossing) {
+                    bits |= 1 << i;
+                }
+            }
+            self.reported.insert(
+                key,
+                Reported {
+                    start: view.last_reset,
+                    end: view.resets_at,
+                    bits,
+                },
+            );
         }
-        self.reported = reported;
     }
 }
 
@@ -246,6 +274,7 @@ mod tests {
 
     use super::*;
     use crate::domain::BudgetSpec;
+    use crate::engine::dirty::Dirty;
     use crate::engine::{Budget, Team};
 
     const T0: Micros = 1_800_000_000 * 1_000_000;
@@ -276,10 +305,11 @@ mod tests {
     #[test]
     fn each_threshold_is_reported_once_per_window_and_again_in_the_next() {
         let (s, b) = snapshot_with_team_budget(10.0);
+        let touched = [Dirty::Budget(Arc::clone(&b))];
         let mut w = Watch::new([0.5, 0.8, 1.0]);
         let mut seen = Vec::new();
         let tick = |w: &mut Watch, now, seen: &mut Vec<(f64, Micros, f64)>| {
-            w.tick(&s, now, |c| {
+            w.tick(&s, &touched, now, |c| {
                 seen.push((c.threshold, c.window_start, c.used));
                 true
             })
@@ -306,21 +336,22 @@ mod tests {
     #[test]
     fn a_crossing_not_taken_is_offered_again() {
         let (s, b) = snapshot_with_team_budget(1.0);
+        let touched = [Dirty::Budget(Arc::clone(&b))];
         let mut w = Watch::new([0.5]);
         spend(&b, 0.6, T0 + SEC);
         let mut offers = 0;
-        w.tick(&s, T0 + 2 * SEC, |_| {
+        w.tick(&s, &touched, T0 + 2 * SEC, |_| {
             offers += 1;
             false
         });
-        w.tick(&s, T0 + 3 * SEC, |c| {
+        w.tick(&s, &touched, T0 + 3 * SEC, |c| {
             offers += 1;
             assert_eq!(c.level, Level::Team);
             assert_eq!(c.entity_name, "research");
             assert_eq!(c.kind, LimitKind::Budget);
             true
         });
-        w.tick(&s, T0 + 4 * SEC, |_| {
+        w.tick(&s, &touched, T0 + 4 * SEC, |_| {
             offers += 1;
             true
         });
@@ -330,10 +361,11 @@ mod tests {
     #[test]
     fn without_thresholds_the_trends_are_still_fed() {
         let (s, b) = snapshot_with_team_budget(10.0);
+        let touched = [Dirty::Budget(Arc::clone(&b))];
         let mut w = Watch::new([]);
-        w.tick(&s, T0 + SEC, |_| unreachable!());
+        w.tick(&s, &touched, T0 + SEC, |_| unreachable!());
         spend(&b, 1.0, T0 + 2 * SEC);
-        w.tick(&s, T0 + 3 * SEC, |_| unreachable!());
+        w.tick(&s, &touched, T0 + 3 * SEC, |_| unreachable!());
         let view = b.view(T0 + 3 * SEC);
         let f = forecast(
             LimitKind::Budget,
@@ -344,5 +376,28 @@ mod tests {
         )
         .unwrap();
         assert!(f.rate_per_hour > 0.0);
+    }
+}
+
+#[cfg(test)]
+mod untouched {
+    use super::*;
+
+    #[test]
+    fn limits_not_touched_cost_nothing_and_their_reports_end_with_their_window() {
+        let mut w = Watch::new([0.5]);
+        let id = Uuid::new_v4();
+        w.reported.insert(
+            (id, LimitKind::Budget),
+            Reported {
+                start: 0,
+                end: 10,
+                bits: 1,
+            },
+        );
+        w.tick(&Snapshot::default(), &[], 5, |_| unreachable!());
+        assert_eq!(w.reported.len(), 1);
+        w.tick(&Snapshot::default(), &[], 10, |_| unreachable!());
+        assert!(w.reported.is_empty());
     }
 }

@@ -236,6 +236,18 @@ impl Worker {
             dedup_keys_written: items.keys.len(),
             ..FlushReport::default()
         };
+        self.touch(
+            items
+                .budgets
+                .iter()
+                .map(|(b, _)| Dirty::Budget(Arc::clone(b)))
+                .chain(
+                    items
+                        .rates
+                        .iter()
+                        .map(|(r, _, _)| Dirty::RateLimit(Arc::clone(r))),
+                ),
+        );
         if items.is_empty() {
             return Ok(report);
         }

@@ -28,6 +28,7 @@ use crate::db::postgres::journal as db_journal;
 use crate::db::{Db, DbError};
 use crate::domain::time::now_micros;
 use crate::engine::dedup::Dedup;
+use crate::engine::dirty::Dirty;
 use crate::engine::holds::Holds;
 use crate::engine::rollup::Rollups;
 use crate::engine::watch::Watch;
@@ -106,6 +107,9 @@ pub struct Worker {
     watch: Arc<std::sync::Mutex<Watch>>,
     /// Where crossings go, when webhooks are configured.
     alerts: Option<Alerts>,
+    /// Limits whose counters were written, rolled or read back since the last watch: the only
+    /// ones whose usage can have changed.
+    touched: Arc<std::sync::Mutex<Vec<Dirty>>>,
 }
 
 impl Worker {
@@ -137,6 +141,7 @@ impl Worker {
             metrics,
             watch: Arc::default(),
             alerts: None,
+            touched: Arc::default(),
         }
     }
 
@@ -147,11 +152,24 @@ impl Worker {
         self
     }
 
-    /// Feeds the trends and offers the crossings, at `now`.
+    /// Notes limits whose usage may have changed, for the next watch.
+    fn touch(&self, limits: impl IntoIterator<Item = Dirty>) {
+        self.touched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(limits);
+    }
+
+    /// Feeds the trends of the limits touched since the last watch and offers the crossings,
+    /// at `now`.
     fn watch(&self, now: crate::domain::Micros) {
+        let touched = std::mem::take(&mut *self.touched.lock().unwrap_or_else(|p| p.into_inner()));
+        if touched.is_empty() {
+            return;
+        }
         let snapshot = self.store.snapshot();
         let mut watch = self.watch.lock().unwrap_or_else(|p| p.into_inner());
-        watch.tick(&snapshot, now, |crossing| {
+        watch.tick(&snapshot, &touched, now, |crossing| {
             self.alerts.as_ref().is_some_and(|a| a.offer(crossing))
         });
     }
@@ -189,7 +207,10 @@ impl Worker {
     async fn measured(&self, full: bool) -> Result<FlushReport, DbError> {
         let started = std::time::Instant::now();
         let result = if full {
-            self.full_tick().await
+            let result = self.full_tick().await;
+            // Whether or not the database answered: usage in memory changed all the same.
+            self.watch(now_micros());
+            result
         } else {
             let _one_at_a_time = self.flushing.lock().await;
             self.write_changed(Target::Journal).await
@@ -229,11 +250,8 @@ impl Worker {
             }
         }
         report.journal_entries_folded = folded.entries;
-        {
-            let _one_at_a_time = self.flushing.lock().await;
-            self.read_back(&mut report).await?;
-        }
-        self.watch(now_micros());
+        let _one_at_a_time = self.flushing.lock().await;
+        self.read_back(&mut report).await?;
         Ok(report)
     }
 

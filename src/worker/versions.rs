@@ -15,6 +15,7 @@ use crate::domain::time::now_micros;
 use crate::domain::Micros;
 use crate::engine::counter::Counter;
 use crate::engine::delta;
+use crate::engine::dirty::Dirty;
 use crate::engine::level::LimitKind;
 use crate::engine::{Budget, RateLimit, Snapshot};
 
@@ -110,10 +111,12 @@ impl Worker {
             };
             let by_id: HashMap<Uuid, &Arc<Budget>> =
                 snapshot.budgets().map(|b| (b.id, b)).collect();
+            let mut touched = Vec::with_capacity(budget_totals.len() + rate_totals.len());
             for t in &budget_totals {
                 if let Some(b) = by_id.get(&t.id) {
                     let (used, start) = total(Dim::Budget, t.id, t.used, t.last_reset);
                     b.counter.absorb(&b.rule, used, start);
+                    touched.push(Dirty::Budget(Arc::clone(b)));
                 }
             }
             let by_id: HashMap<Uuid, &Arc<RateLimit>> =
@@ -124,8 +127,10 @@ impl Worker {
                     r.tokens.absorb(r.token_rule(), used, start);
                     let (used, start) = total(Dim::Requests, t.id, t.requests.0, t.requests.1);
                     r.requests.absorb(r.request_rule(), used, start);
+                    touched.push(Dirty::RateLimit(Arc::clone(r)));
                 }
             }
+            self.touch(touched);
             report.counters_read_back = budget_totals.len() + rate_totals.len();
         }
         let holds = crate::db::holds::load(&mut tx).await?;

@@ -380,3 +380,77 @@ async fn admin_views_carry_a_forecast_once_usage_flows() {
     app.stop().await;
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn a_receiver_that_never_answers_holds_up_nothing_else() {
+    let Some(db) = TestDb::new(Backend::Sqlite).await else {
+        return;
+    };
+    // Accepts connections and never answers: every delivery waits for its 10 s timeout.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let hung = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket);
+        }
+    });
+    let mut config = config_for(&db);
+    config.flush_interval = Duration::from_millis(100);
+    config.ack = heimdall::config::AckMode::Durable;
+    config.alerts.webhooks = vec![WebhookConfig {
+        url,
+        secret: Secret::new(SECRET),
+        thresholds: vec![0.5],
+    }];
+    let app = TestApp::start(config).await;
+    let mut keys = Vec::new();
+    for i in 0..20 {
+        let key = app
+            .create(
+                "/api/governance/virtual-keys",
+                json!({"name": format!("k{i}"), "rate_limit": {"request_max_limit": 2, "request_reset_duration": "1h"}}),
+            )
+            .await["virtual_key"]["value"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        keys.push(key);
+    }
+    // Twenty crossings: eight deliveries hang in flight, the rest wait for a slot.
+    for key in &keys {
+        charge(&app, key, 0.0).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let listed = alerts(&app).await;
+        if listed["total_count"] == 20 {
+            assert!(listed["alerts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|d| d["status"] == "pending"));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{listed}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Durable usage is acknowledged by group commits as usual: neither the worker nor the
+    // handlers wait for the receiver.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    for key in &keys {
+        let resp = client
+            .post(app.url("/v1/usage"))
+            .json(&json!({"virtual_key": key, "tokens_used": 1}))
+            .send()
+            .await
+            .expect("acknowledged while the receiver hangs");
+        assert_eq!(resp.status(), 202);
+    }
+    hung.abort();
+    app.stop().await;
+    db.drop_db().await;
+}

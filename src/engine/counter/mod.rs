@@ -79,7 +79,7 @@ impl Counter {
             dirty: [AtomicBool::new(false), AtomicBool::new(false)],
             held: AtomicI64::new(0),
             window: Mutex::new(()),
-            trend: Mutex::new(Trend::default()),
+            trend: Mutex::new(Trend::from(used, last_reset)),
         }
     }
 
