@@ -135,6 +135,14 @@ fn dimensions(limit: &Dirty) -> impl Iterator<Item = Dimension<'_>> {
     budget.into_iter().chain(rates.into_iter().flatten())
 }
 
+fn same(a: &Dirty, b: &Dirty) -> bool {
+    match (a, b) {
+        (Dirty::Budget(a), Dirty::Budget(b)) => a.id == b.id,
+        (Dirty::RateLimit(a), Dirty::RateLimit(b)) => a.id == b.id,
+        _ => false,
+    }
+}
+
 /// A counter's units as alerts and views show them (dollars for budgets).
 pub fn units(kind: LimitKind, amount: i64) -> f64 {
     match kind {
@@ -172,6 +180,8 @@ pub struct Watch {
     /// Per limit dimension: the window (start and end) and the thresholds (bits, in
     /// `thresholds` order) reported in it. Entries go once their window ends.
     reported: HashMap<(Uuid, LimitKind), Reported>,
+    /// Limits with a crossing `report` did not take: looked at again next tick.
+    declined: Vec<Dirty>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -191,14 +201,15 @@ impl Watch {
         Watch {
             thresholds,
             reported: HashMap::new(),
+            declined: Vec::new(),
         }
     }
 
     /// Observes the counters of the limits `touched` since the last tick (written, rolled or
     /// read back: usage only changes there) at `now` — their trends take it in — and offers
     /// each threshold reached and not yet reported in its window to `report`, which says
-    /// whether it took it; one it did not take is offered again when the limit is next touched.
-    /// Work is proportional to what changed, not to every limit.
+    /// whether it took it; one it did not take is offered again at the next tick. Work is
+    /// proportional to what changed, not to every limit.
     pub fn tick(
         &mut self,
         snapshot: &Snapshot,
@@ -210,7 +221,12 @@ impl Watch {
         let lowest = self.thresholds.first().copied();
         let mut owners: Option<HashMap<Uuid, Owner>> = None;
         let mut seen: HashSet<(Uuid, LimitKind)> = HashSet::with_capacity(touched.len());
-        for d in touched.iter().flat_map(dimensions) {
+        let retry = std::mem::take(&mut self.declined);
+        for (limit, d) in touched
+            .iter()
+            .chain(&retry)
+            .flat_map(|l| dimensions(l).map(move |d| (l, d)))
+        {
             if !seen.insert((d.limit_id, d.kind)) {
                 continue;
             }
@@ -254,6 +270,8 @@ impl Watch {
                 };
                 if report(crossing) {
                     bits |= 1 << i;
+                } else if !self.declined.iter().any(|l| same(l, limit)) {
+                    self.declined.push(limit.clone());
                 }
             }
             self.reported.insert(
@@ -344,7 +362,8 @@ mod tests {
             offers += 1;
             false
         });
-        w.tick(&s, &touched, T0 + 3 * SEC, |c| {
+        // Offered again at the next tick, whether or not the limit was touched again.
+        w.tick(&s, &[], T0 + 3 * SEC, |c| {
             offers += 1;
             assert_eq!(c.level, Level::Team);
             assert_eq!(c.entity_name, "research");
