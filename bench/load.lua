@@ -1,7 +1,8 @@
 -- wrk script: cycles through pre-built requests so that building them costs the load
 -- generator the same (nothing) for every endpoint. The events carry no request_id: repeated
 -- bodies would otherwise be answered as duplicates and skip the counters. Env: MODE (healthz|usage|check|batch),
--- KEYS (file of key values), TOKEN, BATCH (events per batch request).
+-- KEYS (file of key values), TOKEN, BATCH (events per batch request), REQUESTS (distinct
+-- requests built, each for a random key; default 512).
 local mode = os.getenv("MODE")
 local token = os.getenv("TOKEN")
 local batch = tonumber(os.getenv("BATCH") or "1000")
@@ -21,7 +22,7 @@ local function event(i)
 end
 
 local headers = {["Content-Type"] = "application/json", ["Authorization"] = "Bearer " .. token}
-for i = 1, 512 do
+for i = 1, tonumber(os.getenv("REQUESTS") or "512") do
   local k = math.random(#keys)
   local key = keys[k]
   if mode == "healthz" then

@@ -182,8 +182,9 @@ impl App {
             metrics,
             config: Arc::new(config),
         }));
-        // Windows that ended while the service was down are reset now, at every level.
-        state.worker.flush_once().await?;
+        // Windows that ended while the service was down count as 0 at once (expiry is lazy on
+        // every path); the worker's first tick, as soon as it runs, writes their resets in the
+        // background, in bounded transactions, while the service answers.
         Ok(App {
             listener,
             alerts,

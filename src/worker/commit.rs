@@ -36,6 +36,10 @@ pub(super) enum Target {
 /// meanwhile are served within a few milliseconds.
 const SWEEP_SLICE: usize = 1024;
 
+/// Most limits one write of the sweep carries: after a long downtime every window has ended,
+/// and the resets go out in transactions of this size, not in one holding every row.
+const SWEEP_WRITE_MAX: usize = 20_000;
+
 /// A commit that failed without saying whether it happened (the connection died on the way),
 /// with what it carried.
 pub(super) struct Attempt {
@@ -119,12 +123,19 @@ impl Worker {
             .chunks(SWEEP_SLICE)
             .map(|b| (b, &[][..]))
             .chain(rates.chunks(SWEEP_SLICE).map(|r| (&[][..], r)));
-        // What the sweep found goes out in one write at the end (a month's calendar windows
-        // all end at once), or sooner when durable writers wait: their commits go between
-        // slices, after what the sweep holds so far (a counter's item must be written before
-        // it is taken again).
+        // What the sweep found goes out in few writes (a month's calendar windows all end at
+        // once), each of at most SWEEP_WRITE_MAX limits, or sooner when durable writers wait:
+        // their commits go between slices, after what the sweep holds so far (a counter's item
+        // must be written before it is taken again).
         let mut found = Items::default();
         for (budgets, rates) in slices {
+            if found.budgets.len() + found.rates.len() >= SWEEP_WRITE_MAX {
+                report.add(
+                    &self
+                        .write_items(std::mem::take(&mut found), Target::Tables)
+                        .await?,
+                );
+            }
             if self.signal.waiting() {
                 report.add(
                     &self

@@ -299,7 +299,9 @@ pub async fn run(flusher: Worker, interval: Duration, cancel: CancellationToken)
     let mut backoff = interval;
     let mut ticks: u64 = 0;
     // Full ticks keep their schedule however often durable writers wake the worker between.
-    let mut next_full = tokio::time::Instant::now() + backoff;
+    // The first runs at once: it writes the resets of windows that ended while the service
+    // was down.
+    let mut next_full = tokio::time::Instant::now();
     // After a failed flush, durable writers that still wait are served again one interval
     // later, not after the full tick's backoff: they have woken the worker already.
     let mut durable_retry: Option<tokio::time::Instant> = None;

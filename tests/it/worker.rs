@@ -14,6 +14,7 @@ on_both_backends!(
     an_idle_tick_writes_nothing,
     rollups_add_up_to_the_counters,
     windows_that_ended_while_down_are_reset_at_start,
+    every_reset_of_100_000_staggered_windows_is_written_once,
     a_full_tick_sweeps_every_slice_of_counters,
     durable_commits_between_sweep_slices_keep_every_total_exact,
     durable_rollups_are_committed_before_the_acknowledgement,
@@ -308,6 +309,62 @@ async fn windows_that_ended_while_down_are_reset_at_start(db: &TestDb) {
         0,
         "every level was reset at start"
     );
+}
+
+/// The worker over 100 000 budgets whose windows end at as many different instants within two
+/// seconds: every reset is written, each exactly once, in bounded transactions, while the
+/// service answers.
+async fn every_reset_of_100_000_staggered_windows_is_written_once(db: &TestDb) {
+    const USERS: i64 = 100_000;
+    const WINDOW: i64 = 10_000_000;
+    let mut config = config_for(db);
+    config.flush_interval = std::time::Duration::from_millis(250);
+    let app = TestApp::start(config).await;
+    let config = app.stop().await;
+    // Window i ends at `now` + 20 µs·i: one by one over two seconds, starting once the rows are
+    // in and the service is up (on a slow machine some end before: the first tick resets them).
+    let now = heimdall::domain::time::now_micros() + 5_000_000;
+    // Portable SQL (both backends): a recursive counter, ids padded by arithmetic.
+    let series = format!(
+        "with recursive s(i) as (select 0 union all select i + 1 from s where i < {})",
+        USERS - 1
+    );
+    let id = "'00000000-0000-4000-8000-' || substr(cast(1000000000000 + i as text), 2)";
+    // Rolling windows are anchored at creation: each budget was created when its window began.
+    let start = format!("{now} - {WINDOW} + 20 * i");
+    db.execute(&format!(
+        "insert into budgets (id, max_limit, reset_duration, calendar_aligned, timezone, \
+         current_usage, last_reset, created_at, updated_at) \
+         {series} select {id}, 1000000000, '10s', 0, 'UTC', 7, {start}, {start}, {start} from s; \
+         insert into users (user_id, budget_id, created_at, updated_at) \
+         {series} select 'user-' || i, {id}, 0, 0 from s;"
+    ))
+    .await;
+    let app = TestApp::start(config).await;
+    let (status, _) = app.get("/api/governance/users/user-7").await;
+    assert_eq!(status, 200, "answering while the first tick runs");
+    let rolled = format!(
+        "select count(*) from budgets where last_reset >= {now} + 20 * cast(substr(id, 25) as bigint)"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while db.scalar(&rolled).await < USERS {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "resets not written in time: {} of {USERS}",
+            db.scalar(&rolled).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    // A few more ticks: nothing is written again.
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    let metrics = app.metrics().await;
+    assert_eq!(
+        common::metric(&metrics, "heimdall_flush_rows_total{table=\"budgets\"}"),
+        Some(USERS as f64),
+        "each reset written once"
+    );
+    assert_eq!(db.scalar("select sum(current_usage) from budgets").await, 0);
+    app.stop().await;
 }
 
 /// `count` users `user-0…`, each with a budget of `duration` whose window started at `now`.
