@@ -252,3 +252,18 @@ fn webhooks_take_their_default_thresholds_and_bad_ones_are_named() {
     .to_string();
     assert!(err.contains("listed twice"), "{err}");
 }
+
+#[test]
+fn webhooks_can_come_from_the_environment() {
+    let config = Config::load(
+        None,
+        env(&[(
+            "HEIMDALL__ALERTS__WEBHOOKS",
+            r#"[{url = "https://hooks.example.com/h", secret = "s", thresholds = [0.9]}]"#,
+        )]),
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(config.alerts.webhooks[0].url, "https://hooks.example.com/h");
+    assert_eq!(config.alerts.webhooks[0].thresholds, vec![0.9]);
+}
