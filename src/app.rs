@@ -32,6 +32,8 @@ pub enum StartError {
     OpenOnNetwork(SocketAddr),
     #[error("database: {0}")]
     Db(#[from] DbError),
+    #[error("alerts: {0}")]
+    Alerts(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -156,7 +158,9 @@ impl App {
             (config_version, usage_version),
         );
         let alerts =
-            match crate::alerts::Alerts::new(&config.alerts, db.clone(), Arc::clone(&metrics)) {
+            match crate::alerts::Alerts::new(&config.alerts, db.clone(), Arc::clone(&metrics))
+                .map_err(StartError::Alerts)?
+            {
                 Some((alerts, sender)) => {
                     worker = worker.with_alerts(alerts);
                     Some(sender)

@@ -75,10 +75,15 @@ pub struct Sender {
 }
 
 impl Alerts {
-    /// The handle and its sender, or `None` when no webhook is configured.
-    pub fn new(config: &AlertsConfig, db: Db, metrics: Arc<Metrics>) -> Option<(Alerts, Sender)> {
+    /// The handle and its sender, or `None` when no webhook is configured; an error when the
+    /// HTTP client cannot be made (no TLS root certificates on the machine, say).
+    pub fn new(
+        config: &AlertsConfig,
+        db: Db,
+        metrics: Arc<Metrics>,
+    ) -> Result<Option<(Alerts, Sender)>, String> {
         if config.webhooks.is_empty() {
-            return None;
+            return Ok(None);
         }
         let webhooks: Arc<Vec<Webhook>> = Arc::new(
             config
@@ -98,7 +103,7 @@ impl Alerts {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("heimdall/", env!("CARGO_PKG_VERSION")))
             .build()
-            .unwrap_or_default();
+            .map_err(|e| format!("cannot make the webhook client: {e}"))?;
         let alerts = Alerts {
             webhooks: Arc::clone(&webhooks),
             queue: tx,
@@ -115,7 +120,7 @@ impl Alerts {
             sending: JoinSet::new(),
             in_flight: Arc::default(),
         };
-        Some((alerts, sender))
+        Ok(Some((alerts, sender)))
     }
 
     /// Every threshold some webhook watches.
