@@ -426,6 +426,41 @@ mod tests {
         );
     }
 
+    fn crossing() -> Crossing {
+        Crossing {
+            threshold: 0.8,
+            level: Level::Team,
+            entity_id: "t1".into(),
+            entity_name: "research".into(),
+            limit_id: Uuid::nil(),
+            kind: LimitKind::Budget,
+            used: 8.1,
+            max: 10.0,
+            window_start: 0,
+            resets_at: 3_600_000_000,
+            forecast_exhausted_at: None,
+            at: 1_000_000,
+        }
+    }
+
+    #[test]
+    fn a_full_queue_declines_and_counts_the_crossing() {
+        let metrics = Arc::new(Metrics::new());
+        let (tx, _rx) = mpsc::channel(1);
+        let alerts = Alerts {
+            webhooks: Arc::new(Vec::new()),
+            queue: tx,
+            metrics: Arc::clone(&metrics),
+        };
+        assert!(alerts.offer(crossing()));
+        assert!(!alerts.offer(crossing()), "the queue holds one");
+        let text = metrics.render(&crate::telemetry::Gauges::default());
+        assert!(
+            text.contains("heimdall_alert_events_total{event=\"dropped\"} 1"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn retries_back_off_to_five_minutes() {
         assert_eq!(backoff(1), Duration::from_millis(500));
@@ -444,20 +479,7 @@ mod tests {
 
     #[test]
     fn the_body_has_the_contract_fields() {
-        let c = Crossing {
-            threshold: 0.8,
-            level: Level::Team,
-            entity_id: "t1".into(),
-            entity_name: "research".into(),
-            limit_id: Uuid::nil(),
-            kind: LimitKind::Budget,
-            used: 8.1,
-            max: 10.0,
-            window_start: 0,
-            resets_at: 3_600_000_000,
-            forecast_exhausted_at: None,
-            at: 1_000_000,
-        };
+        let c = crossing();
         let v: serde_json::Value = serde_json::from_str(&body_of("d1", &c)).unwrap();
         assert_eq!(v["type"], "threshold_crossed");
         assert_eq!(v["level"], "team");
