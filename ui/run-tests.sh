@@ -12,6 +12,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
+. "$repo/scripts/test-env.sh"
 venv="$repo/target/ui-venv"
 
 if [ -z "${CHROMIUM:-}" ]; then
@@ -24,18 +25,9 @@ if [ -z "${CHROMIUM:-}" ]; then
     export CHROMIUM="$(command -v chromium)"
 fi
 
-if ! cmp -s "$here/requirements-test.txt" "$venv/.requirements-test.txt" 2>/dev/null; then
-    echo "installing Playwright and pytest into $venv"
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements-test.txt"
-    cp "$here/requirements-test.txt" "$venv/.requirements-test.txt"
-fi
+pinned_venv "$venv" "$here/requirements-test.txt" "Playwright and pytest"
 
-if [ -z "${HEIMDALL_BIN:-}" ]; then
-    (cd "$repo" && cargo build --quiet --locked)
-    export HEIMDALL_BIN="$repo/target/debug/heimdall"
-fi
+heimdall_bin "$repo"
 
 export UI_SCREENSHOTS="$repo/target/ui-screenshots"
 mkdir -p "$UI_SCREENSHOTS"

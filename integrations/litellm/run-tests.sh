@@ -11,21 +11,13 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
+. "$repo/scripts/test-env.sh"
 venv="$repo/target/litellm-venv"
 
-if ! cmp -s "$here/requirements-test.txt" "$venv/.requirements-test.txt" 2>/dev/null; then
-    echo "installing LiteLLM and the test tools into $venv"
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements-test.txt"
-    cp "$here/requirements-test.txt" "$venv/.requirements-test.txt"
-fi
+pinned_venv "$venv" "$here/requirements-test.txt" "LiteLLM and the test tools"
 "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps --editable "$here"
 
-if [ -z "${HEIMDALL_BIN:-}" ]; then
-    (cd "$repo" && cargo build --quiet --locked)
-    export HEIMDALL_BIN="$repo/target/debug/heimdall"
-fi
+heimdall_bin "$repo"
 
 cd "$here"
 "$venv/bin/mypy" --cache-dir "$repo/target/litellm-mypy-cache"

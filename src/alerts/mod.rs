@@ -189,14 +189,6 @@ fn body_of(id: &str, c: &Crossing) -> String {
     serde_json::to_string(&body).unwrap_or_default()
 }
 
-fn kind_name(kind: LimitKind) -> &'static str {
-    match kind {
-        LimitKind::Budget => "budget",
-        LimitKind::Tokens => "tokens",
-        LimitKind::Requests => "requests",
-    }
-}
-
 /// `sha256=<hex>` of the HMAC-SHA256 of `body` under `secret`.
 pub fn signature(secret: &[u8], body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
@@ -285,7 +277,7 @@ impl Sender {
                         id: &id,
                         webhook: &w.url,
                         limit_id: &limit_id,
-                        kind: kind_name(c.kind),
+                        kind: c.kind.name(),
                         threshold: c.threshold,
                         window_start: c.window_start,
                         body: &body,

@@ -47,12 +47,21 @@ pub const PENDING: &str = "pending";
 pub const DELIVERED: &str = "delivered";
 
 impl Db {
+    /// Runs one write statement on the writing connection (one statement is atomic on its
+    /// own); the rows it changed.
+    async fn write_one<'q>(
+        &self,
+        query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    ) -> Result<u64, DbError> {
+        let mut conn = self.acquire_writer().await?;
+        Ok(query.execute(&mut *conn).await?.rows_affected())
+    }
+
     /// Inserts a delivery unless one for the same webhook, limit, threshold and window exists
     /// (this process's earlier run, or another replica, saw the crossing first). True when
     /// this call inserted it.
     pub async fn insert_delivery(&self, d: &NewDelivery<'_>) -> Result<bool, DbError> {
-        let mut tx = self.begin().await?;
-        let done = sqlx::query(
+        let query = sqlx::query(
             "insert into alert_deliveries (id, webhook, limit_id, kind, threshold, window_start, \
              body, status, attempts, next_attempt_at, created_at) \
              values ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $9) \
@@ -66,11 +75,8 @@ impl Db {
         .bind(d.window_start)
         .bind(d.body)
         .bind(PENDING)
-        .bind(d.now)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(done.rows_affected() == 1)
+        .bind(d.now);
+        Ok(self.write_one(query).await? == 1)
     }
 
     /// Claims up to `max` pending deliveries due by `now` for this process until `lease_until`
@@ -98,8 +104,8 @@ impl Db {
             .collect::<Result<Vec<_>, _>>()?
         };
         let mut claimed = Vec::with_capacity(due.len());
+        let mut conn = self.acquire_writer().await?;
         for id in due {
-            let mut tx = self.begin().await?;
             let row = sqlx::query(
                 "update alert_deliveries set next_attempt_at = $1 \
                  where id = $2 and status = $3 and next_attempt_at <= $4 \
@@ -109,9 +115,8 @@ impl Db {
             .bind(&id)
             .bind(PENDING)
             .bind(now)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut *conn)
             .await?;
-            tx.commit().await?;
             if let Some(row) = row {
                 claimed.push(Claimed {
                     id,
@@ -126,18 +131,17 @@ impl Db {
 
     /// Records a delivery the receiver accepted.
     pub async fn delivery_done(&self, id: &str, attempts: i64, now: Micros) -> Result<(), DbError> {
-        let mut tx = self.begin().await?;
-        sqlx::query(
-            "update alert_deliveries set status = $1, attempts = $2, delivered_at = $3, \
-             last_error = null where id = $4",
+        self.write_one(
+            sqlx::query(
+                "update alert_deliveries set status = $1, attempts = $2, delivered_at = $3, \
+                 last_error = null where id = $4",
+            )
+            .bind(DELIVERED)
+            .bind(attempts)
+            .bind(now)
+            .bind(id),
         )
-        .bind(DELIVERED)
-        .bind(attempts)
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -149,34 +153,32 @@ impl Db {
         error: &str,
         next_attempt_at: Micros,
     ) -> Result<(), DbError> {
-        let mut tx = self.begin().await?;
-        sqlx::query(
-            "update alert_deliveries set attempts = $1, last_error = $2, next_attempt_at = $3 \
-             where id = $4 and status = $5",
+        self.write_one(
+            sqlx::query(
+                "update alert_deliveries set attempts = $1, last_error = $2, next_attempt_at = $3 \
+                 where id = $4 and status = $5",
+            )
+            .bind(attempts)
+            .bind(error)
+            .bind(next_attempt_at)
+            .bind(id)
+            .bind(PENDING),
         )
-        .bind(attempts)
-        .bind(error)
-        .bind(next_attempt_at)
-        .bind(id)
-        .bind(PENDING)
-        .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 
     /// Gives back the claim of a delivery this process stopped sending (it is due at once).
     pub async fn release_delivery(&self, id: &str, now: Micros) -> Result<(), DbError> {
-        let mut tx = self.begin().await?;
-        sqlx::query(
-            "update alert_deliveries set next_attempt_at = $1 where id = $2 and status = $3",
+        self.write_one(
+            sqlx::query(
+                "update alert_deliveries set next_attempt_at = $1 where id = $2 and status = $3",
+            )
+            .bind(now)
+            .bind(id)
+            .bind(PENDING),
         )
-        .bind(now)
-        .bind(id)
-        .bind(PENDING)
-        .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 

@@ -39,3 +39,14 @@ pub enum LimitKind {
     Tokens,
     Requests,
 }
+
+impl LimitKind {
+    /// The name the API and the alerts use (as serialized).
+    pub fn name(self) -> &'static str {
+        match self {
+            LimitKind::Budget => "budget",
+            LimitKind::Tokens => "tokens",
+            LimitKind::Requests => "requests",
+        }
+    }
+}

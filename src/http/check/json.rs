@@ -6,7 +6,7 @@ use uuid::Uuid;
 use super::{Amount, DecisionBody};
 use crate::domain::time::write_rfc3339;
 use crate::engine::check::{Decision, EntityRef};
-use crate::engine::level::{Level, LimitKind};
+use crate::engine::level::Level;
 
 /// Writes `d` as the JSON of `DecisionBody`, by hand: this body is the largest the hot path
 /// sends (one entry per evaluated limit), and writing it directly is several times faster
@@ -84,7 +84,7 @@ pub fn write_decision(d: &Decision<'_>, out: &mut Vec<u8>) {
             EntityRef::Name(name) => text(out, name),
         }
         out.extend_from_slice(b",\"kind\":\"");
-        out.extend_from_slice(kind_name(c.kind).as_bytes());
+        out.extend_from_slice(c.kind.name().as_bytes());
         out.extend_from_slice(b"\",\"used\":");
         amount_json(out, c.used);
         out.extend_from_slice(b",\"held\":");
@@ -119,13 +119,5 @@ fn level_name(level: Level) -> &'static str {
         Level::VirtualKey => "virtual_key",
         Level::Team => "team",
         Level::Customer => "customer",
-    }
-}
-
-fn kind_name(kind: LimitKind) -> &'static str {
-    match kind {
-        LimitKind::Budget => "budget",
-        LimitKind::Tokens => "tokens",
-        LimitKind::Requests => "requests",
     }
 }
