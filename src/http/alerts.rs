@@ -27,10 +27,13 @@ const MAX_LIMIT: i64 = 1_000;
 #[into_params(parameter_in = Query)]
 pub struct AlertsQuery {
     /// `pending` (not yet accepted by the receiver) or `delivered`; all when absent.
+    #[param(pattern = "^(pending|delivered)$")]
     pub status: Option<String>,
     /// Deliveries per page, 1–1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// Deliveries to skip.
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
 }
 
